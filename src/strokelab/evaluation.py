@@ -1,0 +1,73 @@
+"""Predict cases with any predictor (network or threshold baseline), write the masks, score them.
+
+The same function serves ``predict.py`` and the test stage of ``train.py``, so a learned model and
+the threshold baseline are always scored by identical code in the cases' native geometry.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Protocol
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from strokelab.data.layouts import Case
+from strokelab.inference import write_mask
+from strokelab.io import atomic_path
+from strokelab.metrics import METRIC_COLUMNS, case_metrics, load_mask, voxel_volume_ml
+from strokelab.report import write_report
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    modalities: tuple[str, ...] | list[str]
+
+    def name(self) -> str: ...
+
+    def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]: ...
+
+
+def evaluate_cases(predictor: Predictor, cases: list[Case], out_dir: str | Path, threshold: float = 0.5,
+                   write_masks: bool = True) -> pd.DataFrame | None:
+    """Predict every case; write ``<case>.nii.gz`` masks, and ``metrics.csv`` + a summary if labels exist.
+
+    Returns the per-case metrics table (None when no case has a label).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case in cases:
+        t0 = time.perf_counter()
+        prob, reference = predictor.predict_case(case)
+        mask = prob >= threshold
+        if write_masks:
+            write_mask(mask, reference, out_dir / f"{case.id}.nii.gz")
+        seconds = time.perf_counter() - t0
+        if case.label is None or not Path(case.label).exists():
+            log.info("%s: predicted in %.1f s", case.id, seconds)
+            continue
+        label, label_img = load_mask(case.label)
+        if label.shape != mask.shape:
+            from strokelab.errors import DataError
+
+            raise DataError(case.label, f"shape {label.shape} differs from the images' {mask.shape}", "resample the mask")
+        spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
+        row = {"case": case.id, "fold": case.fold, "centre": case.centre,
+               "lesion_ml": float(label.sum()) * voxel_volume_ml(label_img),
+               "pred_ml": float(mask.sum()) * voxel_volume_ml(label_img)}
+        row.update(case_metrics(mask, label, spacing))
+        row["seconds"] = seconds
+        rows.append(row)
+        log.info("%s: dice %.3f in %.1f s", case.id, row["dice"], seconds)
+    if not rows:
+        return None
+    table = pd.DataFrame(rows, columns=["case", "fold", "centre", "lesion_ml", "pred_ml", *METRIC_COLUMNS, "seconds"])
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_report(table, out_dir, title=predictor.name())
+    return table
