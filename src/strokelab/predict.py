@@ -43,7 +43,7 @@ def build_predictor(cfg: DictConfig):
             net_cfg = cfg.model.net
         elif Path(cfg.ckpt).is_file():
             raise CheckpointError(cfg.ckpt, "is not a strokelab segmentation checkpoint", "give a .ckpt written by train.py")
-    overrides = OmegaConf.to_container(cfg.get("inference") or {}, resolve=True)
+    overrides = OmegaConf.to_container(cfg.inference, resolve=True) if cfg.get("inference") is not None else {}
     return NetworkPredictor.from_checkpoint(cfg.ckpt, net_cfg=net_cfg, device=cfg.get("device"), inference=overrides)
 
 

@@ -1,0 +1,166 @@
+"""train.py and predict.py as a user runs them: configs compose, runs finish, bad input ends in one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from strokelab.entry import register_resolvers
+from strokelab.metrics import METRIC_COLUMNS
+
+from conftest import MAPS, REAL_ISLES24_MASK, write_case
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+# A network and patches small enough for a 32x36x10 test volume; one short epoch.
+TINY = ["data=isles24", "data.preprocess.spacing=[2,2,5]", "data.patch_size=[16,16,8]", "data.samples_per_volume=2",
+        "data.queue_length=8", "data.batch_size=2", "data.prepare_workers=1", "model.net.channels=[4,8,16,32]",
+        "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv"]
+
+
+def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / script), *args], capture_output=True, text=True, cwd=cwd, timeout=900)
+
+
+def one_error_line(out: subprocess.CompletedProcess, *needles: str) -> str:
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and "Traceback" not in out.stdout
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.mark.parametrize("overrides", [
+    [], ["model=threshold"], ["experiment=bce_collapse"], ["loss=dice"], ["data=isles24"], ["logger=tensorboard"],
+    ["trainer=gpu"], ["trainer=ddp"], ["model.net.deep_supervision=true"],
+])
+def test_train_configs_compose_and_instantiate(overrides):
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    if cfg.model._target_.endswith("ThresholdBaseline"):
+        assert instantiate(cfg.model).rule == "union"
+        return
+    task = instantiate(cfg.model, loss=instantiate(cfg.loss))
+    assert task.net.required_divisor and len(task.modalities) == len(cfg.data.modalities)
+    assert cfg.baseline._target_.endswith("ThresholdBaseline")
+
+
+def test_experiments_override_what_they_say():
+    register_resolvers()
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        bce = compose("train", overrides=["experiment=bce_collapse"])
+        cv = compose("train", overrides=["experiment=cross_validation"], return_hydra_config=True)
+    assert bce.loss.loss._target_.endswith("BCELoss") and bce.data.sampler == "uniform"
+    assert cv.hydra.sweeper.params["data.fold"] == "0,1,2,3,4"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny training run on synthetic ISLES'24-layout data, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("run")
+    root = tmp / "isles"
+    for i in range(10):
+        write_case(root, f"sub-stroke{i + 1:04d}", nihss=i, seed=i)
+    out = run("train.py", *TINY, f"data.root={root}", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / 'run'}")
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return root, tmp / "run", out.stdout
+
+
+def test_train_fits_tests_and_compares_with_the_baseline(trained):
+    root, run_dir, stdout = trained
+    assert "threshold" in stdout and "Held-out fold 0" in stdout
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    for name in ("unet", "threshold"):
+        table = pd.read_csv(run_dir / "test" / name / "metrics.csv")
+        assert list(table.columns[:1]) == ["case"] and set(METRIC_COLUMNS) <= set(table.columns)
+        assert len(table) == 2 and (run_dir / "test" / name / f"{table.case[0]}.nii.gz").exists()
+    assert (root / "isles24_multimodal_5fold_NIHSSstratified.json").exists()
+    log = pd.read_csv(next((run_dir / "csv").rglob("metrics.csv")))
+    assert {"val/dice", "val/precision", "val/recall", "val/avd_ml", "train/loss_epoch"} <= set(log.columns)
+
+
+def test_predict_writes_masks_in_native_geometry_with_metrics(trained, tmp_path):
+    root, run_dir, _ = trained
+    out = run("predict.py", f"input={root}", f"output={tmp_path / 'pred'}", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    for cid in ("sub-stroke0001", "sub-stroke0010"):
+        ref = nib.load(root / "derivatives" / cid / "ses-01" / "perfusion-maps" / f"{cid}_ses-01_space-ncct_cbf.nii.gz")
+        mask = nib.load(tmp_path / "pred" / f"{cid}.nii.gz")
+        assert mask.shape == ref.shape and np.array_equal(mask.affine, ref.affine)
+        assert mask.get_data_dtype() == np.uint8 and set(np.unique(np.asarray(mask.dataobj))) <= {0, 1}
+    table = pd.read_csv(tmp_path / "pred" / "metrics.csv")
+    assert len(table) == 10 and table["case"].is_unique
+    assert not list((tmp_path / "pred").glob(".*tmp*"))  # nothing half-written left behind
+
+
+def test_predict_threshold_model_needs_no_checkpoint(tiny_root, tmp_path):
+    out = run("predict.py", f"input={tiny_root / 'derivatives' / 'sub-stroke0002'}", f"output={tmp_path}", "model=threshold")
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "metrics.csv")
+    # The synthetic lesion is exactly the hypoperfused blob: the baseline must find it.
+    assert table.case.tolist() == ["sub-stroke0002"] and table.dice[0] > 0.9
+
+
+def test_bad_checkpoints_end_in_one_line(trained, tmp_path):
+    root, run_dir, _ = trained
+    case = str(root / "derivatives" / "sub-stroke0001")
+    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={tmp_path / 'nope.ckpt'}"),
+                   "nope.ckpt", "does not exist")
+    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+                       "model=unet", "model.net.channels=[8,16,32,64]"), "last.ckpt", "does not match")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={garbage}"), "garbage.ckpt")
+    assert not list(tmp_path.glob("*.nii.gz"))
+
+
+def test_bad_data_ends_in_one_line_naming_the_file(tiny_root, tmp_path):
+    case = tiny_root / "derivatives" / "sub-stroke0003"
+    cbv = case / "ses-01" / "perfusion-maps" / "sub-stroke0003_ses-01_space-ncct_cbv.nii.gz"
+    affine = nib.load(cbv).affine
+    nib.save(nib.Nifti1Image(np.full((32, 36, 10), np.nan, np.float32), affine), cbv)
+    out_dir = tmp_path / "out"
+    one_error_line(run("train.py", *TINY, f"data.root={tiny_root}", f"paths.root_dir={tmp_path}", "data.cache_dir=null",
+                       f"hydra.run.dir={tmp_path / 'run'}"), "sub-stroke0003_ses-01_space-ncct_cbv.nii.gz", "NaN")
+    # model=threshold reads cbf and tmax only: break tmax the same way for predict.
+    tmax = cbv.parent / "sub-stroke0003_ses-01_space-ncct_tmax.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((32, 36, 10), np.inf, np.float32), affine), tmax)
+    one_error_line(run("predict.py", f"input={case}", f"output={out_dir}", "model=threshold"), "tmax.nii.gz", "NaN/Inf")
+    empty = tmp_path / "empty"
+    (empty / "derivatives").mkdir(parents=True)
+    one_error_line(run("predict.py", f"input={empty}", f"output={out_dir}", "model=threshold"), "holds no sub-stroke")
+    assert not out_dir.exists() or not list(out_dir.glob("*.nii.gz"))
+
+
+def test_a_broken_config_ends_in_one_line(tiny_root, tmp_path):
+    out = run("train.py", "data=isles24", f"data.root={tiny_root}", "data.preprocess.spacing=[2,2]",
+              f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv")
+    one_error_line(out, "data.preprocess.spacing")
+    out = run("train.py", "model=nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode != 0 and "Traceback" not in out.stderr and "nonexistent" in out.stderr
+
+
+@pytest.mark.slow
+def test_predict_on_real_isles24_geometry(trained, tmp_path):
+    """512x586x74 voxels of 0.38x0.38x2 mm, LAS, oblique: the mask has exactly that shape and affine."""
+    _, run_dir, _ = trained
+    ref = nib.load(REAL_ISLES24_MASK)
+    root = tmp_path / "isles"
+    write_case(root, "sub-stroke0014", shape=ref.shape, affine=ref.affine, seed=3)
+    out = run("predict.py", f"input={root / 'derivatives' / 'sub-stroke0014'}", f"output={tmp_path / 'pred'}",
+              f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    mask = nib.load(tmp_path / "pred" / "sub-stroke0014.nii.gz")
+    assert mask.shape == ref.shape == (512, 586, 74) and np.array_equal(mask.affine, ref.affine)
+    assert {m for m in MAPS} and mask.get_data_dtype() == np.uint8
