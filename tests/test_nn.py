@@ -1,0 +1,169 @@
+"""UNet3D and building blocks: shapes, deep supervision, errors, norms, capacity, ability to learn."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from strokelab.losses import DeepSupervisionLoss, DiceCELoss
+from strokelab.nn.blocks import NORM_KINDS, ConvBlock, ResidualBlock, make_norm
+from strokelab.nn.unet import UNet3D
+
+ANISO_STRIDES = [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run these tiny-tensor tests on one intra-op thread: on a shared 2-core CPU, thread hand-off
+    dominates microsecond-sized kernels and makes the tests up to 10x slower and erratic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_output_shape_equals_input_shape_with_anisotropic_strides(residual):
+    model = UNet3D(4, 1, channels=[4, 8, 16, 16], strides=ANISO_STRIDES, residual=residual).eval()
+    assert model.required_divisor == (8, 8, 4)
+    x = torch.randn(2, 4, 16, 24, 4)
+    with torch.no_grad():
+        y = model(x)
+    assert isinstance(y, torch.Tensor)
+    assert y.shape == (2, 1, 16, 24, 4)
+
+
+def test_default_strides_are_two_everywhere():
+    model = UNet3D(1, channels=[4, 8, 16])
+    assert model.required_divisor == (4, 4, 4)
+    assert model.strides == ((2, 2, 2), (2, 2, 2))
+
+
+def test_deep_supervision_list_in_train_mode_single_tensor_in_eval_mode():
+    model = UNet3D(2, 3, channels=[4, 8, 8, 8], strides=ANISO_STRIDES, deep_supervision=True)
+    x = torch.randn(1, 2, 16, 16, 8)
+    model.train()
+    outs = model(x)
+    assert isinstance(outs, list)
+    assert [tuple(o.shape) for o in outs] == [(1, 3, 16, 16, 8), (1, 3, 8, 8, 8), (1, 3, 4, 4, 4)]
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 16, 16, 8)
+
+
+def test_deep_supervision_weights_load_into_model_without_it():
+    torch.manual_seed(0)
+    with_ds = UNet3D(1, channels=[4, 8, 8], deep_supervision=True).eval()
+    without = UNet3D(1, channels=[4, 8, 8], deep_supervision=False).eval()
+    result = without.load_state_dict(with_ds.state_dict(), strict=False)
+    assert not result.missing_keys and all(k.startswith("ds_heads.") for k in result.unexpected_keys)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(without(x), with_ds(x))
+
+
+def test_without_deep_supervision_train_mode_returns_a_tensor():
+    model = UNet3D(1, channels=[4, 8]).train()
+    assert isinstance(model(torch.randn(1, 1, 4, 4, 4)), torch.Tensor)
+
+
+def test_non_divisible_input_raises_clear_error():
+    model = UNet3D(1, channels=[4, 8, 8, 8], strides=ANISO_STRIDES)
+    with pytest.raises(ValueError) as err:
+        model(torch.randn(1, 1, 16, 20, 6))
+    msg = str(err.value)
+    assert "(16, 20, 6)" in msg and "(8, 8, 4)" in msg
+
+
+def test_wrong_channel_count_and_bad_config_raise():
+    model = UNet3D(4, channels=[4, 8])
+    with pytest.raises(ValueError, match="4 input channels"):
+        model(torch.randn(1, 3, 8, 8, 8))
+    with pytest.raises(ValueError, match="one stride per down-sampling step"):
+        UNet3D(1, channels=[4, 8, 16], strides=[[2, 2, 1]])
+    with pytest.raises(ValueError, match="unknown norm"):
+        UNet3D(1, channels=[4, 8], norm="layer")
+
+
+@pytest.mark.parametrize("norm", NORM_KINDS)
+@pytest.mark.parametrize("residual", [False, True])
+def test_every_norm_works_forward_and_backward(norm, residual):
+    model = UNet3D(2, 1, channels=[6, 12], norm=norm, residual=residual, dropout=0.1, deep_supervision=True)
+    model.train()
+    outs = model(torch.randn(2, 2, 8, 8, 8))
+    sum(o.mean() for o in outs).backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 2, 8, 8, 8))
+    assert out.shape == (1, 1, 8, 8, 8) and torch.isfinite(out).all()
+
+
+def test_make_norm_kinds():
+    assert isinstance(make_norm("instance", 16), nn.InstanceNorm3d) and make_norm("instance", 16).affine
+    assert isinstance(make_norm("batch", 16), nn.BatchNorm3d)
+    group = make_norm("group", 12)
+    assert isinstance(group, nn.GroupNorm) and group.num_groups == 6  # largest divisor <= 8
+    assert make_norm("group", 32).num_groups == 8
+    assert make_norm("group", 7).num_groups == 7
+    assert isinstance(make_norm("none", 16), nn.Identity)
+    with pytest.raises(ValueError, match="instance, batch, group, none"):
+        make_norm("bogus", 4)
+
+
+def test_blocks_downsample_with_stride():
+    x = torch.randn(1, 3, 8, 8, 4)
+    assert ConvBlock(3, 5, stride=[2, 2, 1])(x).shape == (1, 5, 4, 4, 4)
+    assert ResidualBlock(3, 5, stride=2)(x).shape == (1, 5, 4, 4, 2)
+    assert ResidualBlock(5, 5)(torch.randn(1, 5, 4, 4, 4)).shape == (1, 5, 4, 4, 4)
+
+
+def test_parameter_count_grows_with_channels():
+    small = n_params(UNet3D(4, channels=[4, 8, 16]))
+    medium = n_params(UNet3D(4, channels=[8, 16, 32]))
+    large = n_params(UNet3D(4, channels=[8, 16, 32, 64]))
+    assert small < medium < large
+
+
+def test_kaiming_init_of_convs():
+    torch.manual_seed(0)
+    model = UNet3D(4, channels=[32, 64])
+    conv = model.encoder[1].conv1.conv  # 32 -> 64, 3x3x3
+    fan_in = 32 * 27
+    expected_std = (2.0 / (1 + 0.01**2) / fan_in) ** 0.5
+    assert conv.weight.std().item() == pytest.approx(expected_std, rel=0.05)
+
+
+def _blob_example():
+    gen = torch.Generator().manual_seed(0)
+    xx, yy, zz = torch.meshgrid(torch.arange(16), torch.arange(16), torch.arange(8), indexing="ij")
+    blob = (((xx - 6) / 4.0) ** 2 + ((yy - 9) / 3.5) ** 2 + ((zz - 4) / 2.5) ** 2 <= 1).float()
+    target = blob[None, None]
+    noise = torch.randn((1, 2, 16, 16, 8), generator=gen)
+    image = torch.cat([target, torch.zeros_like(target)], dim=1) + 0.5 * noise
+    return image, target
+
+
+def test_overfits_a_tiny_blob_with_dice_ce_and_deep_supervision():
+    torch.manual_seed(0)
+    image, target = _blob_example()
+    model = UNet3D(2, 1, channels=[8, 16, 32], strides=[[2, 2, 1], [2, 2, 2]], deep_supervision=True)
+    loss_fn = DeepSupervisionLoss(DiceCELoss())
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(100):
+        opt.zero_grad()
+        loss = loss_fn(model(image), target)
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        pred = (model(image) > 0).float()
+    dice = 2 * (pred * target).sum() / (pred.sum() + target.sum())
+    assert dice.item() > 0.9
