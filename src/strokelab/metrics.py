@@ -1,0 +1,415 @@
+"""Per-case evaluation metrics for binary 3D lesion masks, in physical units.
+
+Use :func:`load_mask` to read a label or prediction file, :func:`spacing_mm` /
+:func:`voxel_volume_ml` for its geometry and :func:`case_metrics` to score a prediction against
+the label. Every metric in :data:`METRIC_COLUMNS` is defined in the docstring of
+:func:`case_metrics`, including what it returns for empty masks.
+
+Sources the conventions follow
+------------------------------
+* ``lesion_f1`` and ``lesion_count_diff`` reproduce the ISLES'24 challenge evaluation
+  (``utils/eval_utils.py::compute_dice_f1_instance_difference`` in github.com/ezequieldlrosa/isles24),
+  which runs panoptica with ``ConnectedComponentsInstanceApproximator()`` (cc3d, 26-connectivity)
+  and ``NaiveThresholdMatching()`` (one-to-one matching, IoU >= 0.5) and reports
+  ``rq = TP / (TP + (FP + FN) / 2)`` and ``|#true - #pred|``; both masks empty scores F1 = 1.
+  This module computes the same numbers with cc3d and one ``np.unique`` over the overlapping
+  voxels: ~0.05 s on a 512x586x74 ISLES'24 mask pair, where the ISLES'24 panoptica evaluator
+  takes ~2 s (the tests check that both give identical values).
+  Note: ISLES'22 used a different lesion F1 (any overlap of one voxel counts as a detection);
+  ISLES'24 switched to the IoU >= 0.5 panoptica matching, which is what is used here.
+* ``hd95_mm`` and ``assd_mm`` follow MedPy's ``hd95`` / ``assd`` (also used, bit for bit, by
+  panoptica's ``HD95`` / ``ASSD``): surface voxels are the mask minus its erosion with the
+  6-neighbour (face-connected) structuring element, distances come from a Euclidean distance
+  transform of the other mask's surface with ``sampling=spacing``.
+* ``precision`` / ``recall`` return NaN when undefined (0/0), as MONAI's
+  ``compute_confusion_matrix_metric`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import cc3d
+import nibabel as nib
+import numpy as np
+from nibabel.volumeutils import apply_read_scaling
+from scipy import ndimage
+
+from strokelab.errors import DataError
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "dice",
+    "precision",
+    "recall",
+    "avd_ml",
+    "lesion_f1",
+    "lesion_count_diff",
+    "hd95_mm",
+    "assd_mm",
+    "rve",
+)
+"""Keys of the dict returned by :func:`case_metrics`, in this order."""
+
+LESION_CONNECTIVITY = 26
+"""Voxel connectivity that defines one lesion (ISLES'24 / cc3d default)."""
+
+LESION_MATCH_IOU = 0.5
+"""A predicted and a true lesion match when their IoU is at least this (ISLES'24, panoptica default)."""
+
+HD_PERCENTILE = 95.0
+"""Percentile of the pooled surface distances reported as ``hd95_mm``."""
+
+_CROP_MARGIN = 2  # voxels kept around the union of both masks; >= 1 keeps erosion and EDT exact
+
+# Per-axis 6-neighbour structuring element: a surface voxel has a face neighbour outside the mask.
+_SURFACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)
+
+
+# --------------------------------------------------------------------------------------------- I/O
+
+
+def load_mask(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Read a 3D lesion mask file as a boolean array.
+
+    Voxels are foreground where the stored value, after the header's scaling (``scl_slope`` /
+    ``scl_inter``), is ``> 0.5``. This reads masks saved as ``{0, 1}`` integers, as floats and as
+    scaled integers whose "one" is stored as ``0.99999999977`` (ISLES'24 sub-stroke0158) alike.
+    Small integer files (8 or 16 bit) are thresholded through a lookup table over their stored
+    values, which gives the same result as scaling every voxel to float but without the float
+    copy of the volume.
+
+    A 4D file whose extra dimensions all have length 1 (``X x Y x Z x 1``) is read as its single
+    3D volume.
+
+    Returns:
+        ``(mask, img)``: ``mask`` is a C-ordered ``bool`` array with the image's three spatial
+        dimensions; ``img`` is the nibabel image (use it for :func:`spacing_mm`,
+        :func:`voxel_volume_ml` and the affine).
+
+    Raises:
+        DataError: the file is missing or unreadable, is not 3D (a 2D image, or a 4D image with
+            more than one volume), or contains NaN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "mask file not found", "check the path; masks are NIfTI files (.nii or .nii.gz)")
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
+        raise DataError(path, f"cannot read the file as an image ({type(exc).__name__}: {exc})",
+                        "re-export the mask as NIfTI (.nii / .nii.gz)") from exc
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataError(path, f"a lesion mask must be one 3D volume, but the file has shape {img.shape}",
+                        "save a single 3D binary mask per file")
+    try:
+        mask = _threshold_image(img).reshape(shape)
+    except DataError:
+        raise
+    except (OSError, EOFError, zlib.error, ValueError, TypeError) as exc:
+        raise DataError(path, f"cannot read the voxel data ({type(exc).__name__}: {exc})",
+                        "the file is truncated or corrupt; re-export it") from exc
+    return np.ascontiguousarray(mask), img
+
+
+def _threshold_image(img) -> np.ndarray:
+    """``scaled voxel values > 0.5`` for the whole image; raises DataError on NaN."""
+    dataobj = img.dataobj
+    if nib.is_proxy(dataobj) and hasattr(dataobj, "get_unscaled"):
+        raw = np.asanyarray(dataobj.get_unscaled())
+        if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.size:
+            slope = np.asarray(getattr(dataobj, "slope", 1.0))
+            inter = np.asarray(getattr(dataobj, "inter", 0.0))
+            vmin, vmax = int(raw.min()), int(raw.max())
+            # Scale every value that occurs (at most 65536) exactly as nibabel would, then look up.
+            levels = np.arange(vmin, vmax + 1, dtype=np.int64).astype(raw.dtype)
+            table = np.asarray(apply_read_scaling(levels, slope, inter)) > 0.5
+            if raw.dtype.kind == "u" and vmin == 0:
+                return table[raw]
+            return table[raw.astype(np.int32) - vmin]
+    data = np.asanyarray(dataobj)
+    if data.dtype.kind in "fc" and np.isnan(data).any():
+        raise DataError(img.get_filename(), "the mask contains NaN values",
+                        "a mask must hold 0/1 (or probabilities without NaN); fix the file that wrote it")
+    return np.asarray(data > 0.5)
+
+
+def spacing_mm(img) -> tuple[float, float, float]:
+    """Voxel size in mm along the three array axes, from the header (``zooms[:3]``).
+
+    Raises:
+        DataError: the header has fewer than three zooms or a zoom that is not a positive number.
+    """
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(img.get_filename(), f"invalid voxel size {zooms} in the header",
+                        "the header's pixdim[1:4] must be three positive sizes in mm")
+    return zooms  # type: ignore[return-value]
+
+
+def voxel_volume_ml(img) -> float:
+    """Volume of one voxel in ml: product of the header's ``zooms[:3]`` (mm) / 1000.
+
+    Raises:
+        DataError: as :func:`spacing_mm`.
+    """
+    return float(np.prod(spacing_mm(img))) / 1000.0
+
+
+# ----------------------------------------------------------------------------------------- metrics
+
+
+def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, float]:
+    """All metrics of :data:`METRIC_COLUMNS` for one case.
+
+    Args:
+        pred: predicted mask, boolean or 0/1 values, 3D.
+        label: true mask (the final infarct), same shape as ``pred``.
+        spacing_mm: voxel size in mm along the three array axes (anisotropic allowed, e.g.
+            ``(0.383, 0.383, 2.0)``; use :func:`spacing_mm` on the label image).
+
+    Returns:
+        ``{name: float}`` for every name in :data:`METRIC_COLUMNS`, in that order. With
+        ``P`` the predicted and ``L`` the true voxel sets, ``TP = |P & L|``, ``V = voxels x voxel
+        volume`` (ml):
+
+        * ``dice`` = ``2 TP / (|P| + |L|)``. Both empty: 1. Exactly one empty: 0.
+        * ``precision`` = ``TP / |P|``. Both empty: 1. ``P`` empty, ``L`` not: NaN (0/0 is
+          undefined; MONAI's confusion-matrix metrics return NaN here, and a NaN is counted as
+          missing by :func:`strokelab.report.summarize` instead of being averaged as 0 or 1).
+          ``L`` empty, ``P`` not: 0.
+        * ``recall`` = ``TP / |L|``. Both empty: 1. ``L`` empty, ``P`` not: NaN (0/0, as above).
+          ``P`` empty, ``L`` not: 0.
+        * ``avd_ml`` = ``|V(P) - V(L)|`` in ml (ISLES absolute volume difference). Always defined.
+        * ``rve`` = ``(V(P) - V(L)) / V(L)``, signed relative volume error (``-0.2`` = predicted
+          20 % too small). NaN when ``L`` is empty.
+        * ``lesion_f1``: lesion-wise F1 of ISLES'24. Lesions are the 26-connected components
+          of each mask; a predicted and a true lesion match when their IoU is >= 0.5, each lesion
+          matching at most one (one-to-one; with IoU >= 0.5 no lesion can reach two partners, so
+          the matching is unique). ``TP`` = matched pairs, ``FP`` = unmatched predicted lesions,
+          ``FN`` = unmatched true lesions, ``F1 = TP / (TP + (FP + FN) / 2)``. Both masks empty:
+          1; otherwise 0 when nothing matches. A true lesion split into two predicted halves, or
+          two true lesions merged into one prediction, usually scores no match (IoU < 0.5).
+        * ``lesion_count_diff`` = ``|#true lesions - #predicted lesions|`` (26-connectivity),
+          as a float. Both empty: 0.
+        * ``hd95_mm``: 95th percentile Hausdorff distance in mm. Surface voxels of a mask are
+          its voxels with at least one of the 6 face neighbours outside the mask (mask minus its
+          erosion by the 6-neighbour cross; voxels on the array border count as surface). For
+          every surface voxel of ``P`` the Euclidean distance (in mm, with the anisotropic
+          spacing) to the nearest surface voxel of ``L`` is taken, and vice versa; ``hd95_mm``
+          is the 95th percentile (numpy's linear interpolation) of the *pooled* set of both
+          directions' distances, as MedPy's ``hd95`` and panoptica's ``HD95`` compute it.
+          (MONAI and DeepMind's surface-distance instead take the max of the two directed
+          95th percentiles; that is >= the pooled value. The pooled definition is kept because
+          it is what the ISLES tooling - panoptica - and MedPy report.)
+        * ``assd_mm``: average symmetric surface distance in mm, the mean of the two directed
+          mean surface distances (MedPy / panoptica ``ASSD``).
+        * Both surface metrics: 0 when both masks are empty, NaN when exactly one is empty
+          (no surface to measure to; a number such as the image diagonal would be arbitrary,
+          and ``inf`` would poison every mean).
+
+    Speed: everything is computed on the bounding box of ``P | L`` plus a 2-voxel margin,
+    which leaves every value unchanged. The cost is dominated by two Euclidean distance
+    transforms over that box: ~0.6-0.8 s CPU for a 222 ml ISLES'24 lesion on a 512x586x74 grid
+    (box 200x389x51), ~6 s in the worst case of a box spanning the whole grid (e.g. scattered
+    false positives all over the brain).
+
+    Raises:
+        DataError: shapes differ, the masks are not 3D, values other than 0/1 (or booleans) are
+            given, or the spacing is not three positive numbers.
+    """
+    p = _as_mask(pred, "prediction")
+    lab = _as_mask(label, "label")
+    if p.shape != lab.shape:
+        raise DataError("case_metrics", f"prediction shape {p.shape} differs from label shape {lab.shape}",
+                        "resample the prediction onto the label's grid before scoring")
+    if p.ndim != 3:
+        raise DataError("case_metrics", f"masks must be 3D, got {p.ndim}D arrays of shape {p.shape}")
+    spacing = _as_spacing(spacing_mm)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+
+    p, lab = _crop_to_union(p, lab, _CROP_MARGIN)
+    n_pred = int(np.count_nonzero(p))
+    n_label = int(np.count_nonzero(lab))
+    tp = int(np.count_nonzero(p & lab)) if n_pred and n_label else 0
+
+    if n_pred == 0 and n_label == 0:
+        dice = precision = recall = 1.0
+    else:
+        dice = 2.0 * tp / (n_pred + n_label)
+        precision = tp / n_pred if n_pred else math.nan
+        recall = tp / n_label if n_label else math.nan
+
+    v_pred, v_label = n_pred * voxel_ml, n_label * voxel_ml
+    avd_ml = abs(v_pred - v_label)
+    rve = (v_pred - v_label) / v_label if n_label else math.nan
+
+    lesions = lesion_detection(p, lab)
+    hd95, assd = _surface_metrics(p, lab, spacing)
+
+    return {
+        "dice": float(dice),
+        "precision": float(precision),
+        "recall": float(recall),
+        "avd_ml": float(avd_ml),
+        "lesion_f1": float(lesions["f1"]),
+        "lesion_count_diff": float(lesions["count_diff"]),
+        "hd95_mm": float(hd95),
+        "assd_mm": float(assd),
+        "rve": float(rve),
+    }
+
+
+def lesion_detection(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """Lesion-level detection counts and F1 as in ISLES'24 (see :func:`case_metrics`).
+
+    Args:
+        pred, label: boolean 3D arrays of the same shape.
+
+    Returns:
+        ``{"n_pred", "n_label", "tp", "fp", "fn", "f1", "count_diff"}``; counts are ints,
+        ``f1`` is 1.0 when both masks are empty.
+    """
+    lab_p, n_p = cc3d.connected_components(pred, connectivity=LESION_CONNECTIVITY, return_N=True)
+    lab_l, n_l = cc3d.connected_components(label, connectivity=LESION_CONNECTIVITY, return_N=True)
+    n_p, n_l = int(n_p), int(n_l)
+    tp = _matched_lesions(lab_p, n_p, lab_l, n_l) if n_p and n_l else 0
+    fp, fn = n_p - tp, n_l - tp
+    if n_p == 0 and n_l == 0:
+        f1 = 1.0
+    else:
+        f1 = tp / (tp + 0.5 * fp + 0.5 * fn)
+    return {"n_pred": n_p, "n_label": n_l, "tp": tp, "fp": fp, "fn": fn, "f1": f1,
+            "count_diff": abs(n_l - n_p)}
+
+
+def _matched_lesions(lab_p: np.ndarray, n_p: int, lab_l: np.ndarray, n_l: int) -> int:
+    """Number of one-to-one (pred, true) component pairs with IoU >= LESION_MATCH_IOU.
+
+    Mirrors panoptica's NaiveThresholdMatching: IoU of every overlapping pair from one
+    ``np.unique`` over the overlapping voxels, pairs visited by decreasing IoU, each label used once.
+    """
+    both = (lab_p > 0) & (lab_l > 0)
+    if not both.any():
+        return 0
+    base = n_l + 1
+    codes = lab_p[both].astype(np.int64) * base + lab_l[both].astype(np.int64)
+    values, inter = np.unique(codes, return_counts=True)
+    pair_p, pair_l = values // base, values % base
+    area_p = np.bincount(lab_p.ravel(), minlength=n_p + 1)
+    area_l = np.bincount(lab_l.ravel(), minlength=n_l + 1)
+    inter = inter.astype(np.float64)
+    iou = inter / (area_l[pair_l].astype(np.float64) + area_p[pair_p].astype(np.float64) - inter)
+    order = np.argsort(-iou, kind="stable")
+    used_p: set[int] = set()
+    used_l: set[int] = set()
+    for k in order:
+        if iou[k] < LESION_MATCH_IOU:
+            break
+        a, b = int(pair_p[k]), int(pair_l[k])
+        if a in used_p or b in used_l:
+            continue
+        used_p.add(a)
+        used_l.add(b)
+    return len(used_p)
+
+
+def surface_distances(pred: np.ndarray, label: np.ndarray,
+                      spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances in mm: ``(pred surface -> label surface, label -> pred)``.
+
+    Surface voxels and distances are defined as for ``hd95_mm`` in :func:`case_metrics`. Each
+    returned array has one distance per surface voxel of the source mask (empty if that mask is
+    empty). If the target mask is empty and the source is not, the distances are ``inf``.
+    """
+    p, lab = _as_mask(pred, "prediction"), _as_mask(label, "label")
+    if p.shape != lab.shape or p.ndim != 3:
+        raise DataError("surface_distances", f"need two 3D masks of one shape, got {p.shape} and {lab.shape}")
+    spacing = _as_spacing(spacing_mm)
+    p, lab = _crop_to_union(p, lab, _CROP_MARGIN)
+    return _directed_surface_distances(p, lab, spacing)
+
+
+def _directed_surface_distances(p: np.ndarray, lab: np.ndarray,
+                                spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    sp = _surface(p)
+    sl = _surface(lab)
+    if not sp.any() or not sl.any():
+        return (np.full(int(sp.sum()), np.inf), np.full(int(sl.sum()), np.inf))
+    d_p_to_l = ndimage.distance_transform_edt(~sl, sampling=spacing)[sp]
+    d_l_to_p = ndimage.distance_transform_edt(~sp, sampling=spacing)[sl]
+    return d_p_to_l, d_l_to_p
+
+
+def _surface_metrics(p: np.ndarray, lab: np.ndarray, spacing: tuple[float, ...]) -> tuple[float, float]:
+    """(hd95, assd) in mm on already cropped boolean masks, with the empty-mask conventions."""
+    has_p, has_l = bool(p.any()), bool(lab.any())
+    if not has_p and not has_l:
+        return 0.0, 0.0
+    if has_p != has_l:
+        return math.nan, math.nan
+    d_pl, d_lp = _directed_surface_distances(p, lab, spacing)
+    hd95 = float(np.percentile(np.concatenate([d_pl, d_lp]), HD_PERCENTILE))
+    assd = float((d_pl.mean() + d_lp.mean()) / 2.0)
+    return hd95, assd
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    """Voxels of ``mask`` with a face neighbour outside it (outside the array counts as outside)."""
+    if not mask.any():
+        return mask.copy()
+    return mask & ~ndimage.binary_erosion(mask, structure=_SURFACE_STRUCTURE, border_value=0)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _as_mask(arr, what: str) -> np.ndarray:
+    """Boolean view/copy of a bool or 0/1 array; rejects other values (e.g. probabilities)."""
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        return a
+    if a.dtype.kind not in "biuf":
+        raise DataError("case_metrics", f"{what} mask has dtype {a.dtype}; expected bool or 0/1 numbers")
+    if a.dtype.kind == "f" and np.isnan(a).any():
+        raise DataError("case_metrics", f"{what} mask contains NaN", "binarise the mask (e.g. `> 0.5`) first")
+    if ((a != 0) & (a != 1)).any():
+        raise DataError("case_metrics", f"{what} mask has values other than 0 and 1",
+                        "threshold probabilities first, e.g. `pred > 0.5`")
+    return a != 0
+
+
+def _as_spacing(spacing, ndim: int = 3) -> tuple[float, ...]:
+    try:
+        values = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError) as exc:
+        raise DataError("case_metrics", f"spacing_mm={spacing!r} is not a sequence of numbers") from exc
+    if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
+        raise DataError("case_metrics", f"spacing_mm={values} must be {ndim} positive voxel sizes in mm",
+                        "pass spacing_mm(label_img), e.g. (0.383, 0.383, 2.0)")
+    return values
+
+
+def _crop_to_union(p: np.ndarray, lab: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Crop both masks to the bounding box of ``p | lab`` grown by ``margin`` voxels (clipped).
+
+    With a margin of at least one voxel no metric changes: surfaces (erosion with border value
+    0), connected components, voxel counts and nearest-surface distances are all local to the
+    union. Empty union: returns 1-voxel arrays so that downstream code sees empty masks.
+    """
+    union = p | lab
+    slices = []
+    for axis in range(union.ndim):
+        others = tuple(i for i in range(union.ndim) if i != axis)
+        idx = np.flatnonzero(union.any(axis=others))
+        if idx.size == 0:
+            return p[(slice(0, 1),) * p.ndim], lab[(slice(0, 1),) * lab.ndim]
+        slices.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + margin + 1, union.shape[axis])))
+    sl = tuple(slices)
+    return np.ascontiguousarray(p[sl]), np.ascontiguousarray(lab[sl])

@@ -1,0 +1,435 @@
+"""Tables and figures from a run's per-case metrics.
+
+Input everywhere is a per-case table (``pandas.DataFrame``) with one row per case: a ``case``
+column plus the columns of :data:`strokelab.metrics.METRIC_COLUMNS` (as returned by
+:func:`strokelab.metrics.case_metrics`), and optionally
+
+* ``fold``, ``centre``: groupings for :func:`summarize_by`;
+* ``lesion_ml``: true lesion volume in ml (binned by :func:`summarize_by` with
+  ``by="lesion_size"``, and the x axis of the plots);
+* ``pred_ml``: predicted lesion volume in ml (if absent, the plots derive it from
+  ``lesion_ml`` and ``rve`` / ``avd_ml``);
+* ``model``: the model's name, when one table holds several models.
+
+NaN metric values (the documented "undefined" cases of ``case_metrics``, e.g. ``hd95_mm`` when
+exactly one mask is empty) are left out of every statistic and counted in ``n_nan``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from strokelab.errors import DataError
+from strokelab.metrics import METRIC_COLUMNS
+
+STAT_COLUMNS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75", "n", "n_nan")
+"""Statistic columns of :func:`summarize` (``std`` is the sample std, ddof=1)."""
+
+LESION_BIN_EDGES_ML: tuple[float, ...] = (5.0, 20.0, 70.0)
+"""Edges (ml) of the true-lesion-volume bins: ``[0, 5)``, ``[5, 20)``, ``[20, 70)``, ``[70, inf)``."""
+
+LESION_BIN_LABELS: tuple[str, ...] = ("<5 ml", "5-20 ml", "20-70 ml", ">=70 ml")
+"""Labels of the lesion-volume bins, in order."""
+
+LESION_SIZE = "lesion_size"
+"""Value of ``by`` in :func:`summarize_by` that groups by binned ``lesion_ml``."""
+
+_GROUP_COLUMNS = ("model", "fold", "centre", LESION_SIZE)
+
+# Decimals used when printing each metric (fractions with 3, physical quantities with 2).
+_DECIMALS = {"dice": 3, "precision": 3, "recall": 3, "lesion_f1": 3, "rve": 3,
+             "avd_ml": 2, "lesion_count_diff": 2, "hd95_mm": 2, "assd_mm": 2}
+
+
+# ---------------------------------------------------------------------------------------- summaries
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """Summary statistics of every metric column present in ``df``.
+
+    Returns:
+        A tidy table with one row per metric (in :data:`METRIC_COLUMNS` order) and columns
+        ``metric, mean, std, median, q25, q75, n, n_nan``. ``n`` counts the cases with a value,
+        ``n_nan`` those without (NaN); all statistics are over the ``n`` values (``std`` with
+        ddof=1, quartiles with linear interpolation). A metric with no values has NaN statistics.
+
+    Raises:
+        DataError: ``df`` has no ``case`` column, none of the metric columns, or a metric
+            column that is not numeric.
+    """
+    metrics = _metric_columns(df)
+    rows = []
+    for metric in metrics:
+        values = pd.to_numeric(df[metric], errors="coerce").astype(float)
+        rows.append({"metric": metric, **_stats(values)})
+    return pd.DataFrame(rows, columns=["metric", *STAT_COLUMNS])
+
+
+def summarize_by(df: pd.DataFrame, by: str) -> pd.DataFrame:
+    """:func:`summarize` within each group of ``df[by]``.
+
+    ``by`` is a column name (``"fold"``, ``"centre"``, ``"model"``, ...) or ``"lesion_size"``,
+    which bins the true lesion volume ``lesion_ml`` into ``<5``, ``5-20``, ``20-70`` and
+    ``>=70`` ml (left-closed: 5.0 ml falls in ``5-20 ml``; a case without lesion, 0 ml, in
+    ``<5 ml``). All four size bins are always listed, empty ones with ``n = 0``.
+
+    Returns:
+        A tidy table with columns ``by, metric, mean, std, median, q25, q75, n, n_nan``,
+        groups in sorted order (size bins from small to large), metrics in
+        :data:`METRIC_COLUMNS` order within each group. Rows whose group value is missing form
+        a group named ``"(missing)"``.
+
+    Raises:
+        DataError: the grouping column (or ``lesion_ml`` for ``"lesion_size"``) is missing, or
+            as :func:`summarize`.
+    """
+    metrics = _metric_columns(df)
+    groups = _group_labels(df, by)
+    if by == LESION_SIZE:
+        order = list(LESION_BIN_LABELS)
+        if groups.isna().any():
+            order.append("(missing)")
+    else:
+        present = groups.dropna().unique().tolist()
+        try:
+            order = sorted(present)
+        except TypeError:
+            order = sorted(present, key=str)
+        if groups.isna().any():
+            order.append("(missing)")
+    groups = groups.astype(object).where(groups.notna(), "(missing)")
+    parts = []
+    for group in order:
+        summary = summarize(df.loc[groups == group, ["case", *metrics]])
+        summary.insert(0, by, group)
+        parts.append(summary)
+    return pd.concat(parts, ignore_index=True)
+
+
+def lesion_size_bin(volume_ml: float) -> str | None:
+    """Label of the lesion-volume bin of ``volume_ml`` (see :data:`LESION_BIN_EDGES_ML`); None if NaN."""
+    if volume_ml is None or not np.isfinite(volume_ml):
+        return None
+    return LESION_BIN_LABELS[int(np.searchsorted(LESION_BIN_EDGES_ML, float(volume_ml), side="right"))]
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+def write_report(df: pd.DataFrame, out_dir: Path, title: str = "") -> dict[str, Path]:
+    """Write the run report for a per-case metrics table into ``out_dir`` (created if needed).
+
+    Files:
+        * ``summary.csv``: tidy statistics, columns ``by, group, metric, mean, std, median,
+          q25, q75, n, n_nan``. Rows with ``by == "all"`` summarise all cases; further rows
+          summarise each group of every grouping present (``model``, ``fold``, ``centre``, and
+          ``lesion_size`` when ``lesion_ml`` is present).
+        * ``summary.md``: the same as fixed-width markdown tables (readable in a terminal),
+          headed by ``title``.
+        * ``volume_scatter.png`` (needs ``lesion_ml``): predicted vs true lesion volume with
+          the identity line.
+        * ``dice_vs_volume.png`` (needs ``lesion_ml``): Dice vs true lesion volume
+          (symmetric-log x axis, linear below 1 ml, so 0 ml cases are shown).
+
+    Each file is written to a temporary name in ``out_dir`` and moved into place with
+    ``os.replace``, so a reader never sees a half-written file.
+
+    Returns:
+        ``{"summary_csv", "summary_md"[, "volume_scatter", "dice_vs_volume"]}`` -> path.
+
+    Raises:
+        DataError: ``df`` has no rows, or as :func:`summarize`.
+    """
+    _metric_columns(df)
+    if len(df) == 0:
+        raise DataError("write_report", "the per-case metrics table has no rows", "evaluate at least one case")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    overall = summarize(df)
+    tables: list[tuple[str, pd.DataFrame]] = [("all", overall)]
+    for by in _GROUP_COLUMNS:
+        if (by == LESION_SIZE and "lesion_ml" in df.columns) or (by != LESION_SIZE and by in df.columns):
+            tables.append((by, summarize_by(df, by)))
+
+    long_parts = []
+    for by, table in tables:
+        t = table.copy()
+        if by == "all":
+            t.insert(0, "group", "all")
+        else:
+            t = t.rename(columns={by: "group"})
+        t.insert(0, "by", by)
+        long_parts.append(t)
+    summary_long = pd.concat(long_parts, ignore_index=True)
+
+    paths: dict[str, Path] = {}
+    paths["summary_csv"] = _atomic_write_text(out_dir / "summary.csv", summary_long.to_csv(index=False))
+    paths["summary_md"] = _atomic_write_text(out_dir / "summary.md", _summary_markdown(df, tables, title))
+
+    if "lesion_ml" in df.columns:
+        paths["volume_scatter"] = _plot_volume_scatter(df, out_dir / "volume_scatter.png", title)
+        paths["dice_vs_volume"] = _plot_dice_vs_volume(df, out_dir / "dice_vs_volume.png", title)
+    return paths
+
+
+def comparison_table(named: Mapping[str, pd.DataFrame],
+                     metrics: Sequence[str] = ("dice", "lesion_f1", "avd_ml", "hd95_mm")) -> str:
+    """A fixed-width markdown table comparing models: one row per model, ``mean ± std`` per metric.
+
+    Args:
+        named: model name -> its per-case metrics table (e.g. ``{"trained model": df_a,
+            "threshold baseline": df_b}``); rows keep the mapping's order.
+        metrics: metric columns to show.
+
+    Returns:
+        The table as a string (header, separator, one line per model), e.g.::
+
+            | model              | n  | dice          | lesion_f1     | ...
+            |--------------------|----|---------------|---------------| ...
+            | trained model      | 20 | 0.512 ± 0.210 | 0.430 ± 0.190 | ...
+
+        ``n`` is the number of cases; a cell gets `` (k nan)`` appended when ``k`` cases have no
+        value for that metric, and is ``n/a`` when the table lacks the column.
+
+    Raises:
+        DataError: ``named`` is empty or ``metrics`` names an unknown metric.
+    """
+    if not named:
+        raise DataError("comparison_table", "no models to compare")
+    metrics = list(metrics)
+    unknown = [m for m in metrics if m not in METRIC_COLUMNS]
+    if unknown:
+        raise DataError("comparison_table", f"unknown metric(s) {unknown}", f"choose from {list(METRIC_COLUMNS)}")
+    header = ["model", "n", *metrics]
+    rows = []
+    for name, frame in named.items():
+        row = [str(name), str(len(frame))]
+        for metric in metrics:
+            if metric not in frame.columns:
+                row.append("n/a")
+                continue
+            stats = _stats(pd.to_numeric(frame[metric], errors="coerce").astype(float))
+            cell = f"{_fmt(stats['mean'], metric)} ± {_fmt(stats['std'], metric)}"
+            if stats["n_nan"]:
+                cell += f" ({stats['n_nan']} nan)"
+            row.append(cell)
+        rows.append(row)
+    return _markdown_table(header, rows, right_align=range(1, len(header)))
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _metric_columns(df: pd.DataFrame) -> list[str]:
+    if not isinstance(df, pd.DataFrame):
+        raise DataError("per-case metrics", f"expected a pandas DataFrame, got {type(df).__name__}")
+    if "case" not in df.columns:
+        raise DataError("per-case metrics", "the table has no `case` column",
+                        "build it from one case_metrics() dict per case plus a `case` id")
+    metrics = [m for m in METRIC_COLUMNS if m in df.columns]
+    if not metrics:
+        raise DataError("per-case metrics", f"the table has none of the metric columns {list(METRIC_COLUMNS)}")
+    for m in metrics:
+        col = df[m]
+        if not (pd.api.types.is_numeric_dtype(col) or col.isna().all()):
+            raise DataError("per-case metrics", f"column `{m}` is not numeric (dtype {col.dtype})")
+    return metrics
+
+
+def _stats(values: pd.Series) -> dict[str, float | int]:
+    finite = values.dropna()
+    n = int(finite.size)
+    if n == 0:
+        nan = math.nan
+        return {"mean": nan, "std": nan, "median": nan, "q25": nan, "q75": nan, "n": 0, "n_nan": int(values.size)}
+    return {
+        "mean": float(finite.mean()),
+        "std": float(finite.std(ddof=1)) if n > 1 else math.nan,
+        "median": float(finite.median()),
+        "q25": float(finite.quantile(0.25)),
+        "q75": float(finite.quantile(0.75)),
+        "n": n,
+        "n_nan": int(values.size - n),
+    }
+
+
+def _group_labels(df: pd.DataFrame, by: str) -> pd.Series:
+    if by == LESION_SIZE:
+        if "lesion_ml" not in df.columns:
+            raise DataError("summarize_by", "grouping by lesion size needs a `lesion_ml` column (true volume, ml)")
+        volumes = pd.to_numeric(df["lesion_ml"], errors="coerce").astype(float)
+        return volumes.map(lesion_size_bin)
+    if by not in df.columns:
+        raise DataError("summarize_by", f"the table has no column `{by}` to group by",
+                        f"choose one of {sorted(set(df.columns) - set(METRIC_COLUMNS))} or '{LESION_SIZE}'")
+    return df[by]
+
+
+def _fmt(value: float, metric: str) -> str:
+    if value is None or not np.isfinite(value):
+        return "nan" if value is None or np.isnan(value) else str(value)
+    return f"{value:.{_DECIMALS.get(metric, 3)}f}"
+
+
+def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_align: Iterable[int] = ()) -> str:
+    """Markdown pipe table with every column padded to equal width (reads well as plain text)."""
+    right = set(right_align)
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
+              for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "| " + " | ".join(padded) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def _summary_rows(table: pd.DataFrame, by: str | None) -> tuple[list[str], list[list[str]]]:
+    header = ([by] if by else []) + ["metric", *STAT_COLUMNS]
+    rows = []
+    for rec in table.to_dict("records"):
+        metric = rec["metric"]
+        row = ([str(rec[by])] if by else []) + [metric]
+        row += [_fmt(rec[s], metric) for s in ("mean", "std", "median", "q25", "q75")]
+        row += [str(int(rec["n"])), str(int(rec["n_nan"]))]
+        rows.append(row)
+    return header, rows
+
+
+def _summary_markdown(df: pd.DataFrame, tables: list[tuple[str, pd.DataFrame]], title: str) -> str:
+    lines = [f"# {title}" if title else "# Evaluation report", ""]
+    lines.append(f"{len(df)} cases. NaN values (metric undefined for the case, e.g. HD95 with one empty mask) "
+                 "are excluded from the statistics and counted in `n_nan`.")
+    if "model" in df.columns and df["model"].nunique(dropna=False) > 1:
+        lines.append("The table holds several models; `all` pools them - compare the `by model` table.")
+    lines.append("")
+    for by, table in tables:
+        lines.append("## All cases" if by == "all" else f"## By {by.replace('_', ' ')}")
+        lines.append("")
+        header, rows = _summary_rows(table, None if by == "all" else by)
+        first_stat = len(header) - len(STAT_COLUMNS)
+        lines.append(_markdown_table(header, rows, right_align=range(first_stat, len(header))))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _volumes(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(true, predicted) volumes in ml; predicted from `pred_ml` or derived from rve / avd_ml."""
+    true_ml = pd.to_numeric(df["lesion_ml"], errors="coerce").to_numpy(dtype=float)
+    if "pred_ml" in df.columns:
+        return true_ml, pd.to_numeric(df["pred_ml"], errors="coerce").to_numpy(dtype=float)
+    pred_ml = np.full_like(true_ml, np.nan)
+    if "rve" in df.columns:
+        rve = pd.to_numeric(df["rve"], errors="coerce").to_numpy(dtype=float)
+        pred_ml = np.where(true_ml > 0, true_ml * (1.0 + rve), pred_ml)
+    if "avd_ml" in df.columns:  # V_true == 0  =>  V_pred = |V_pred - V_true| = avd
+        avd = pd.to_numeric(df["avd_ml"], errors="coerce").to_numpy(dtype=float)
+        pred_ml = np.where(true_ml == 0, avd, pred_ml)
+    return true_ml, pred_ml
+
+
+def _series_by_model(df: pd.DataFrame) -> list[tuple[str | None, np.ndarray]]:
+    if "model" in df.columns and df["model"].nunique() > 1:
+        return [(str(name), (df["model"] == name).to_numpy()) for name in df["model"].dropna().unique()]
+    return [(None, np.ones(len(df), dtype=bool))]
+
+
+def _new_figure():
+    """A standalone Figure rendered by Agg on save; pyplot and the global backend are not touched."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(6.0, 5.0), dpi=120, layout="constrained")
+
+
+def _plot_volume_scatter(df: pd.DataFrame, path: Path, title: str) -> Path:
+    true_ml, pred_ml = _volumes(df)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, sel in _series_by_model(df):
+        ax.scatter(true_ml[sel], pred_ml[sel], s=22, alpha=0.75, edgecolors="none", label=name)
+    finite = np.concatenate([true_ml[np.isfinite(true_ml)], pred_ml[np.isfinite(pred_ml)]])
+    top = float(finite.max()) * 1.05 if finite.size and finite.max() > 0 else 1.0
+    ax.plot([0, top], [0, top], color="0.4", linestyle="--", linewidth=1, label="identity (perfect)")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_aspect("equal")
+    ax.set_xlabel("true lesion volume (ml)")
+    ax.set_ylabel("predicted lesion volume (ml)")
+    ax.set_title(f"{title}: predicted vs true volume" if title else "Predicted vs true lesion volume")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+    return _atomic_save_figure(fig, path)
+
+
+def _plot_dice_vs_volume(df: pd.DataFrame, path: Path, title: str) -> Path:
+    true_ml = pd.to_numeric(df["lesion_ml"], errors="coerce").to_numpy(dtype=float)
+    from matplotlib.ticker import NullLocator
+
+    dice = pd.to_numeric(df["dice"], errors="coerce").to_numpy(dtype=float) if "dice" in df.columns \
+        else np.full(len(df), np.nan)
+    fig = _new_figure()
+    ax = fig.add_subplot()
+    for name, sel in _series_by_model(df):
+        ax.scatter(true_ml[sel], dice[sel], s=22, alpha=0.75, edgecolors="none", label=name)
+    ax.set_xscale("symlog", linthresh=1.0)
+    finite = true_ml[np.isfinite(true_ml)]
+    right = max(float(finite.max()) * 1.5, 10.0) if finite.size else 10.0
+    ax.set_xlim(0, right)
+    ticks = [t for t in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000) if t <= right]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_ylim(-0.03, 1.03)
+    for edge in LESION_BIN_EDGES_ML:
+        ax.axvline(edge, color="0.7", linewidth=0.8, linestyle=":")
+    ax.set_xlabel("true lesion volume (ml, symlog axis; dotted lines: 5 / 20 / 70 ml bins)")
+    ax.set_ylabel("Dice")
+    ax.set_title(f"{title}: Dice vs true volume" if title else "Dice vs true lesion volume")
+    ax.grid(True, alpha=0.3)
+    if any(name for name, _ in _series_by_model(df)):
+        ax.legend(loc="lower right", fontsize=8)
+    return _atomic_save_figure(fig, path)
+
+
+def _temp_path(path: Path) -> Path:
+    """A fresh hidden name next to ``path`` (same directory, so ``os.replace`` is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+def _atomic_write_text(path: Path, text: str) -> Path:
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "x", encoding="utf-8", newline="") as fh:  # normal permissions (umask)
+            fh.write(text if text.endswith("\n") else text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return path
+
+
+def _atomic_save_figure(fig, path: Path) -> Path:
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "xb") as fh:
+            fig.savefig(fh, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+    return path
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
