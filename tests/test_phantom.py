@@ -1,0 +1,391 @@
+"""The digital stroke phantom: layout, geometry, physics and determinism (tiny volumes, fast)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from strokelab.data import phantom
+from strokelab.data.phantom import (
+    DEMOGRAPHIC_COLUMNS,
+    OUTCOME_COLUMNS,
+    PhantomConfig,
+    case_files,
+    case_id,
+    clinical_files,
+    generate,
+    generate_case,
+)
+from strokelab.errors import ConfigError, DataError
+
+# A small grid over the same field of view as the default (so the head is adult-sized), 16 frames x 3 s.
+TINY = PhantomConfig(
+    n_cases=3, seed=7, shape=(48, 56, 14), spacing=(4.0, 4.0, 10.0), n_frames=16, frame_interval_s=3.0
+)
+# The tiny grid of the brief: default voxel size, so the head is shrunk to fit the small field of view.
+SMALL_FOV = PhantomConfig(n_cases=3, seed=1, shape=(40, 48, 12), n_frames=16, frame_interval_s=3.0)
+
+
+def _arr(img: nib.Nifti1Image) -> np.ndarray:
+    return np.asanyarray(img.dataobj)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom") / "ds"
+    ids = generate(root, TINY, workers=1)
+    assert ids == ["sub-stroke0001", "sub-stroke0002", "sub-stroke0003"]
+    return root
+
+
+@pytest.fixture(scope="module")
+def cases() -> dict[int, dict[str, nib.Nifti1Image]]:
+    return {i: generate_case(i, TINY) for i in range(TINY.n_cases)}
+
+
+def _load(root: Path, index: int) -> dict[str, nib.Nifti1Image]:
+    return {key: nib.load(root / rel) for key, rel in case_files(index).items()}
+
+
+# ---------------------------------------------------------------------------------------------- layout
+def test_layout_has_exact_isles24_names(dataset):
+    for i in range(3):
+        cid = case_id(i)
+        expected = [
+            f"derivatives/{cid}/ses-01/{cid}_ses-01_space-ncct_cta.nii.gz",
+            f"derivatives/{cid}/ses-01/{cid}_ses-01_space-ncct_ctp.nii.gz",
+            *(
+                f"derivatives/{cid}/ses-01/perfusion-maps/{cid}_ses-01_space-ncct_{m}.nii.gz"
+                for m in ("cbf", "cbv", "mtt", "tmax")
+            ),
+            f"derivatives/{cid}/ses-02/{cid}_ses-02_space-ncct_dwi.nii.gz",
+            f"derivatives/{cid}/ses-02/{cid}_ses-02_space-ncct_adc.nii.gz",
+            f"raw_data/{cid}/ses-01/{cid}_ses-01_ncct.nii.gz",
+            f"phenotype/{cid}/ses-01/{cid}_ses-01_demographic_baseline.csv",
+            f"phenotype/{cid}/ses-02/{cid}_ses-02_outcome.csv",
+            *(f"phantom_truth/{cid}/{cid}_{t}.nii.gz" for t in phantom.TRUTH_NAMES),
+        ]
+        for rel in expected:
+            assert (dataset / rel).is_file(), rel
+
+    # Every third case uses the mask naming without the space tag, the others the space-ncct one; never both.
+    def ses2(cid: str) -> Path:
+        return dataset / "derivatives" / cid / "ses-02"
+
+    for cid, plain in (("sub-stroke0001", False), ("sub-stroke0002", False), ("sub-stroke0003", True)):
+        with_space = ses2(cid) / f"{cid}_ses-02_space-ncct_lesion-msk.nii.gz"
+        without = ses2(cid) / f"{cid}_ses-02_lesion-msk.nii.gz"
+        assert without.is_file() == plain and with_space.is_file() == (not plain)
+    assert sorted(p.name for p in (dataset / "derivatives").iterdir()) == [case_id(i) for i in range(3)]
+
+
+def test_dataset_description_and_truth_table(dataset):
+    desc = json.loads((dataset / "dataset_description.json").read_text())
+    assert desc["Name"] == "strokelab phantom"
+    assert desc["seed"] == 7 and desc["n_cases"] == 3
+    assert desc["generator_version"] == phantom.GENERATOR_VERSION
+    assert PhantomConfig(**desc["phantom_config"]) == TINY  # the config round-trips through JSON
+    table = pd.read_csv(dataset / "phantom_truth" / "cases.csv")
+    assert list(table["case"]) == [case_id(i) for i in range(3)]
+    for col in ("reperfusion", "territory", "side", "core_ml", "penumbra_ml", "lesion_ml"):
+        assert col in table.columns
+    assert table["reperfusion"].between(0, 1).all()
+    assert set(table["territory"]) <= {"ACA", "MCA", "PCA"} and set(table["side"]) <= {"L", "R"}
+    # Volumes agree with the written masks.
+    for i, row in table.iterrows():
+        imgs = _load(dataset, i)
+        vox_ml = float(np.prod(TINY.spacing)) / 1000
+        assert row["lesion_ml"] == pytest.approx(_arr(imgs["lesion-msk"]).sum() * vox_ml, abs=0.01)
+        assert row["core_ml"] == pytest.approx(_arr(imgs["truth_core"]).sum() * vox_ml, abs=0.01)
+
+
+def test_no_temporary_files_left(dataset):
+    leftovers = [p for p in dataset.rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+    assert leftovers == []
+
+
+# ---------------------------------------------------------------------------------------------- geometry
+def test_one_oblique_grid_per_case(dataset):
+    for i in range(3):
+        imgs = _load(dataset, i)
+        ref = imgs["ncct"]
+        assert ref.shape == TINY.shape
+        for key, img in imgs.items():
+            assert img.shape[:3] == ref.shape, key
+            np.testing.assert_array_equal(img.affine, ref.affine, err_msg=key)
+        aff = ref.affine[:3, :3]
+        # Column norms are the voxel sizes; the gantry tilt makes the affine non-diagonal.
+        np.testing.assert_allclose(np.linalg.norm(aff, axis=0), TINY.spacing, rtol=1e-6)
+        assert np.abs(aff - np.diag(np.diag(aff))).max() > 0.5
+        tilt = np.degrees(np.arctan2(aff[2, 1], aff[1, 1]))
+        assert abs(tilt - TINY.tilt_deg) <= TINY.tilt_jitter_deg + 1e-6
+        assert nib.aff2axcodes(ref.affine) == ("L", "A", "S")
+        # The head is centred: the grid centre maps to (near) the world origin.
+        centre = ref.affine @ np.r_[(np.array(TINY.shape) - 1) / 2, 1]
+        np.testing.assert_allclose(centre[:3], 0, atol=1e-3)
+
+
+def test_ctp_is_4d_with_frames_and_interval(dataset):
+    img = _load(dataset, 0)["ctp"]
+    assert img.shape == (*TINY.shape, TINY.n_frames)
+    assert img.get_data_dtype() == np.int16
+    assert img.header.get_zooms()[3] == pytest.approx(TINY.frame_interval_s)
+    assert img.header.get_xyzt_units() == ("mm", "sec")
+
+
+def test_ct_numbers_and_bolus_passage(cases):
+    imgs = cases[0]
+    tissue = _arr(imgs["truth_tissue"])
+    ncct = _arr(imgs["ncct"]).astype(float)
+    ctp = _arr(imgs["ctp"]).astype(float)
+    assert np.median(ncct[tissue == 0]) == -1000  # air
+    assert 35 <= np.median(ncct[tissue == 4]) <= 45  # grey matter
+    assert 25 <= np.median(ncct[tissue == 5]) <= 35  # white matter
+    assert np.median(ncct[tissue == 3]) < 15  # CSF
+    assert 700 <= np.median(ncct[tissue == 2]) <= 1000  # bone
+    # The first frame (before the bolus) matches the NCCT; grey matter then enhances by several HU.
+    gm = tissue == 4
+    assert abs(ctp[gm, 0].mean() - ncct[gm].mean()) < 2.0
+    curve = ctp[gm].mean(axis=0) - ctp[gm, 0].mean()
+    assert curve.max() > 4.0 and np.argmax(curve) > 1
+    # Arteries are bright in the CTA.
+    assert _arr(imgs["cta"])[tissue != 2].max() > 150
+
+
+# ---------------------------------------------------------------------------------------------- maps
+def test_maps_finite_physiological_and_zero_outside_brain(cases):
+    limits = {"cbf": 200.0, "cbv": 20.0, "mtt": 45.0, "tmax": 40.0}
+    for imgs in cases.values():
+        tissue = _arr(imgs["truth_tissue"])
+        brain = (tissue == 4) | (tissue == 5)
+        for name, hi in limits.items():
+            for key in (name, f"truth_{name}"):
+                data = _arr(imgs[key])
+                assert data.dtype == np.float32, key
+                assert np.isfinite(data).all(), key
+                assert (data[~brain] == 0).all(), key
+                assert (data[brain] > 0).all() and data[brain].max() < hi, key
+        tmax = _arr(imgs["truth_tmax"])
+        assert np.percentile(tmax[brain], 25) < 2.0  # most of the brain is normally perfused (Tmax 0-2 s)
+
+
+@pytest.mark.parametrize("config", [TINY, SMALL_FOV], ids=["tiny", "small-fov"])
+def test_normal_grey_and_white_matter_perfusion(config):
+    for i in range(2):
+        imgs = generate_case(i, config)
+        tissue, territory = _arr(imgs["truth_tissue"]), _arr(imgs["truth_territory"])
+        table = phantom._simulate_case(i, config).truth
+        healthy = territory >= 4 if table["side"] == "L" else (territory >= 1) & (territory <= 3)
+        cbf, cbv, mtt, tmax = (_arr(imgs[f"truth_{m}"]) for m in ("cbf", "cbv", "mtt", "tmax"))
+        gm, wm = healthy & (tissue == 4), healthy & (tissue == 5)
+        assert gm.sum() > 100 and wm.sum() > 100
+        assert cbf[gm].mean() == pytest.approx(55, rel=0.2)
+        assert cbf[wm].mean() == pytest.approx(25, rel=0.2)
+        assert cbv[gm].mean() == pytest.approx(4, rel=0.2)
+        assert cbv[wm].mean() == pytest.approx(2, rel=0.2)
+        assert 3.5 < mtt[gm].mean() < 6.0
+        assert tmax[gm | wm].max() < 2.5
+        # Degraded maps keep the grey/white contrast.
+        map_cbf = _arr(imgs["cbf"])
+        assert map_cbf[gm].mean() > 1.4 * map_cbf[wm].mean()
+
+
+def test_central_volume_theorem_on_truth(cases):
+    for imgs in cases.values():
+        cbf, cbv, mtt = (_arr(imgs[f"truth_{m}"]).astype(float) for m in ("cbf", "cbv", "mtt"))
+        brain = cbf > 0
+        np.testing.assert_allclose(cbv[brain], cbf[brain] * mtt[brain] / 60.0, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- lesion
+def test_lesion_mask_binary_inside_brain_and_seen_on_adc(cases):
+    n_with_lesion = 0
+    for imgs in cases.values():
+        mask = _arr(imgs["lesion-msk"])
+        assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 1}
+        tissue = _arr(imgs["truth_tissue"])
+        brain = (tissue == 4) | (tissue == 5)
+        assert not (mask.astype(bool) & ~brain).any()
+        if mask.sum() >= 5:
+            n_with_lesion += 1
+            adc = _arr(imgs["adc"]).astype(float)
+            dwi = _arr(imgs["dwi"]).astype(float)
+            normal = brain & (mask == 0)
+            assert adc[mask == 1].mean() < 0.75 * adc[normal].mean()
+            assert 350 < np.median(adc[mask == 1]) < 600 and 650 < np.median(adc[normal]) < 950
+            assert dwi[mask == 1].mean() > 1.2 * dwi[normal].mean()
+    assert n_with_lesion >= 1
+
+
+def test_final_lesion_is_not_a_single_threshold(cases):
+    checked = 0
+    for imgs in cases.values():
+        mask = _arr(imgs["lesion-msk"]).astype(bool)
+        core = _arr(imgs["truth_core"]).astype(bool)
+        penumbra = _arr(imgs["truth_penumbra"]).astype(bool)
+        tmax = _arr(imgs["truth_tmax"])
+        assert not (core & penumbra).any()
+        np.testing.assert_array_equal(penumbra, (tmax > 6) & ~core)
+        if mask.any() or core.any() or penumbra.any():
+            checked += 1
+            assert not np.array_equal(mask, tmax > 6)
+            assert not np.array_equal(mask, core)
+            assert not np.array_equal(mask, core | penumbra)
+            if mask.sum() >= 5 and (core | penumbra).any():
+                # ...but the infarct lies mostly in tissue that was hypoperfused.
+                assert (mask & (core | penumbra)).sum() >= 0.5 * mask.sum()
+    assert checked >= 2
+
+
+# ---------------------------------------------------------------------------------------------- determinism
+def test_same_seed_same_arrays_other_seed_different():
+    a, b = generate_case(1, TINY), generate_case(1, TINY)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(_arr(a[key]), _arr(b[key]), err_msg=key)
+        np.testing.assert_array_equal(a[key].affine, b[key].affine)
+    c = generate_case(1, PhantomConfig(**{**TINY.to_dict(), "seed": TINY.seed + 1}))
+    for key in ("ncct", "ctp", "cbf", "tmax", "truth_tissue"):
+        assert not np.array_equal(_arr(a[key]), _arr(c[key])), key
+    # Cases of one data set differ from each other, and a case does not depend on n_cases.
+    assert not np.array_equal(_arr(a["ncct"]), _arr(generate_case(0, TINY)["ncct"]))
+    d = generate_case(1, PhantomConfig(**{**TINY.to_dict(), "n_cases": 9}))
+    np.testing.assert_array_equal(_arr(a["ctp"]), _arr(d["ctp"]))
+
+
+def test_worker_count_does_not_change_the_data(dataset, tmp_path):
+    root = tmp_path / "two-workers"
+    generate(root, TINY, workers=2)
+    for i in range(TINY.n_cases):
+        for rel in case_files(i).values():
+            np.testing.assert_array_equal(
+                _arr(nib.load(root / rel)), _arr(nib.load(dataset / rel)), err_msg=rel
+            )
+        for rel in clinical_files(i).values():
+            assert (root / rel).read_text() == (dataset / rel).read_text()
+    assert (root / "phantom_truth/cases.csv").read_text() == (dataset / "phantom_truth/cases.csv").read_text()
+
+
+# ---------------------------------------------------------------------------------------------- clinical
+def test_clinical_tables(dataset):
+    for i in range(3):
+        paths = clinical_files(i)
+        demo = pd.read_csv(dataset / paths["demographic_baseline"])
+        out = pd.read_csv(dataset / paths["outcome"])
+        assert tuple(demo.columns) == DEMOGRAPHIC_COLUMNS and len(demo) == 1
+        assert tuple(out.columns) == OUTCOME_COLUMNS and len(out) == 1
+        row, res = demo.iloc[0], out.iloc[0]
+        assert (
+            18 <= row["age"] <= 100 and row["sex"] in {"M", "F"} and row["centre"] in {"C1", "C2", "C3", "C4"}
+        )
+        assert 0 <= row["nihss_admission"] <= 42 and 0 <= row["mrs_admission"] <= 5
+        assert row["onset_to_ct_min"] > 0
+        assert row["thrombolysis"] in (0, 1) and row["thrombectomy"] in (0, 1)
+        treated = row["thrombolysis"] == 1 or row["thrombectomy"] == 1
+        assert pd.isna(row["ct_to_reperfusion_min"]) == (not treated)
+        assert 0 <= res["mrs_3month"] <= 6 and 0 <= res["nihss_24h"] <= 42
+    # A blank cell, not "None" or "nan", marks "no treatment".
+    text = (dataset / clinical_files(0)["demographic_baseline"]).read_text()
+    assert "None" not in text and "nan" not in text
+
+
+def test_clinical_tables_are_read_by_the_project_reader(dataset):
+    from strokelab.data.clinical import read_clinical
+
+    row = read_clinical(dataset, "sub-stroke0001")
+    assert {"nihss_admission", "mrs_3month", "centre", "age"} <= set(row)
+
+
+# ---------------------------------------------------------------------------------------------- robustness
+def test_interrupted_run_leaves_no_partial_files(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_save = nib.save
+
+    def flaky_save(img, path):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            Path(path).write_bytes(b"half a file")
+            raise KeyboardInterrupt
+        real_save(img, path)
+
+    monkeypatch.setattr(nib, "save", flaky_save)
+    root = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        generate(root, TINY, workers=1)
+    written = [p for p in root.rglob("*.nii.gz")]
+    assert len(written) == 5
+    for p in written:
+        nib.load(p).get_fdata()  # each written file is complete
+    assert not [p for p in root.rglob("*") if ".tmp" in p.name]
+    assert not (root / "dataset_description.json").exists()
+    # Running again completes the data set in the same folder.
+    monkeypatch.setattr(nib, "save", real_save)
+    generate(root, TINY, workers=1)
+    assert (root / "dataset_description.json").is_file()
+
+
+def test_refuses_foreign_folder_and_replaces_an_earlier_phantom(tmp_path):
+    foreign = tmp_path / "real"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not empty"):
+        generate(foreign, TINY)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(DataError, match="not a folder"):
+        generate(a_file, TINY)
+    # An earlier phantom with more cases is overwritten, stale cases and fold file removed.
+    root = tmp_path / "ds"
+    generate(root, PhantomConfig(**{**TINY.to_dict(), "n_cases": 3}))
+    (root / "isles24_multimodal_5fold_NIHSSstratified.json").write_text("{}")
+    generate(root, PhantomConfig(**{**TINY.to_dict(), "n_cases": 2}))
+    assert sorted(p.name for p in (root / "derivatives").iterdir()) == ["sub-stroke0001", "sub-stroke0002"]
+    assert not (root / "phantom_truth" / "sub-stroke0003").exists()
+    assert not (root / "isles24_multimodal_5fold_NIHSSstratified.json").exists()
+    assert json.loads((root / "dataset_description.json").read_text())["n_cases"] == 2
+
+
+def test_config_validation_and_coercion():
+    cfg = PhantomConfig(shape=[48, 56, 14], spacing=[4, 4, 10])  # lists, as from YAML
+    assert cfg.shape == (48, 56, 14) and cfg.spacing == (4.0, 4.0, 10.0)
+    hash(cfg)
+    for bad in (
+        {"n_cases": 0},
+        {"shape": (4, 4, 4)},
+        {"spacing": (2.0, 0.0, 5.0)},
+        {"n_frames": 4},
+        {"frame_interval_s": 0.1},
+        {"aif_peak_hu": (500, 200)},
+        {"territory_weights": (0, 0, 0)},
+        {"mild_fraction": 1.5},
+    ):
+        with pytest.raises(ConfigError):
+            PhantomConfig(**bad)
+    with pytest.raises(ConfigError):
+        generate("/nonexistent/never", TINY, workers=0)
+
+
+def test_command_line(tmp_path, monkeypatch, capsys):
+    calls = []
+    fake = types.ModuleType("strokelab.data.folds")
+    fake.ensure_fold_file = lambda root: calls.append(Path(root)) or Path(root) / "folds.json"
+    monkeypatch.setitem(sys.modules, "strokelab.data.folds", fake)
+    root = tmp_path / "cli"  # the CLI uses the default grid: two cases take a few seconds
+    assert phantom.main([str(root), "--cases", "2", "--seed", "3", "--workers", "1"]) == 0
+    assert calls == [root]
+    assert json.loads((root / "dataset_description.json").read_text())["seed"] == 3
+    assert "wrote 2 phantom cases" in capsys.readouterr().out
+    # A user error is one line on stderr and a non-zero exit code.
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "x.txt").write_text("x")
+    assert phantom.main([str(tmp_path / "foreign"), "--cases", "2"]) != 0
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
