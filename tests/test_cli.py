@@ -164,3 +164,66 @@ def test_predict_on_real_isles24_geometry(trained, tmp_path):
     mask = nib.load(tmp_path / "pred" / "sub-stroke0014.nii.gz")
     assert mask.shape == ref.shape == (512, 586, 74) and np.array_equal(mask.affine, ref.affine)
     assert {m for m in MAPS} and mask.get_data_dtype() == np.uint8
+
+
+def _perfusion(case_dir: Path, name: str) -> Path:
+    return case_dir / "ses-01" / "perfusion-maps" / f"{case_dir.name}_ses-01_space-ncct_{name}.nii.gz"
+
+
+BREAKAGES = {
+    "missing modality": (lambda d, a: _perfusion(d, "cbv").unlink(), "cbv.nii.gz", "missing"),
+    "truncated file": (lambda d, a: _perfusion(d, "mtt").write_bytes(_perfusion(d, "mtt").read_bytes()[:-300]),
+                       "mtt.nii.gz", "truncated"),
+    "shape mismatch": (lambda d, a: nib.save(nib.Nifti1Image(np.ones((30, 36, 10), np.float32), a), _perfusion(d, "cbv")),
+                       "cbv.nii.gz", "shape"),
+    "affine mismatch": (lambda d, a: nib.save(nib.Nifti1Image(np.ones((32, 36, 10), np.float32), a * 1.1), _perfusion(d, "cbv")),
+                        "cbv.nii.gz", "affine"),
+    "4D where 3D": (lambda d, a: nib.save(nib.Nifti1Image(np.ones((32, 36, 10, 4), np.float32), a), _perfusion(d, "tmax")),
+                    "tmax.nii.gz", "3D"),
+    "mask not 0/1": (lambda d, a: nib.save(nib.Nifti1Image(np.full((32, 36, 10), 2, np.uint8), a),
+                                           d / "ses-02" / f"{d.name}_ses-02_space-ncct_lesion-msk.nii.gz"),
+                     "lesion-msk.nii.gz", "values other than 0/1"),
+}
+
+
+@pytest.mark.parametrize("what", list(BREAKAGES))
+def test_predict_refuses_bad_cases_in_one_line(trained, tmp_path, what):
+    _, run_dir, _ = trained
+    root = tmp_path / "isles"
+    write_case(root, "sub-stroke0001", seed=1)
+    case_dir = root / "derivatives" / "sub-stroke0001"
+    breaker, name, problem = BREAKAGES[what]
+    breaker(case_dir, nib.load(_perfusion(case_dir, "cbf")).affine)
+    out = run("predict.py", f"input={case_dir}", f"output={tmp_path / 'pred'}", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+    one_error_line(out, name, problem)
+    assert not (tmp_path / "pred" / "metrics.csv").exists()
+
+
+def test_fold_file_with_missing_cases_stops_training_in_one_line(tiny_root, tmp_path):
+    folds = tmp_path / "folds.json"
+    folds.write_text('{"training": [{"caseID": "sub-stroke0042", "fold": 0}]}')
+    out = run("train.py", *TINY, f"data.root={tiny_root}", f"data.fold_file={folds}", f"paths.root_dir={tmp_path}",
+              f"hydra.run.dir={tmp_path / 'run'}")
+    one_error_line(out, "folds.json", "sub-stroke0042")
+
+
+def test_cross_validation_multirun_and_pooled_report(tiny_root, tmp_path):
+    out = run("train.py", "-m", *TINY, "trainer.max_epochs=1", f"data.root={tiny_root}", f"paths.root_dir={tmp_path}",
+              "data.fold=0,1", f"hydra.sweep.dir={tmp_path / 'cv'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Held-out fold 0" in out.stdout and "Held-out fold 1" in out.stdout
+    report = subprocess.run([sys.executable, "-m", "strokelab.report", str(tmp_path / "cv")], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    pooled = pd.read_csv(tmp_path / "cv" / "summary" / "unet" / "summary.csv")
+    folds = pooled[(pooled["by"] == "fold") & (pooled["metric"] == "dice")]
+    assert sorted(folds["group"].astype(int)) == [0, 1] and set(folds["n"]) == {2}
+    tables = [pd.read_csv(p) for p in (tmp_path / "cv").rglob("test/unet/metrics.csv")]
+    assert sorted(f for t in tables for f in t.fold.unique()) == [0, 1] and sum(len(t) for t in tables) == 4
+
+
+def test_ddp_trains_on_two_cpu_processes(tiny_root, tmp_path):
+    """trainer=ddp on CPU (gloo): the TorchIO queue shards subjects per rank and rank 0 alone tests."""
+    out = run("train.py", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+              f"data.root={tiny_root}", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("Held-out fold 0") == 1 and "MEMBER: 2/2" in out.stdout + out.stderr

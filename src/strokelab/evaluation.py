@@ -18,7 +18,8 @@ import pandas as pd
 from strokelab.data.layouts import Case
 from strokelab.inference import write_mask
 from strokelab.io import atomic_path
-from strokelab.metrics import METRIC_COLUMNS, case_metrics, load_mask, voxel_volume_ml
+from strokelab.data.check import load_label
+from strokelab.metrics import METRIC_COLUMNS, case_metrics, spacing_mm, voxel_volume_ml
 from strokelab.report import write_report
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Predictor(Protocol):
 
 
 def evaluate_cases(predictor: Predictor, cases: list[Case], out_dir: str | Path, threshold: float = 0.5,
-                   write_masks: bool = True) -> pd.DataFrame | None:
+                   write_masks: bool = True, affine_tol_mm: float = 1e-3) -> pd.DataFrame | None:
     """Predict every case; write ``<case>.nii.gz`` masks, and ``metrics.csv`` + a summary if labels exist.
 
     Returns the per-case metrics table (None when no case has a label).
@@ -44,6 +45,7 @@ def evaluate_cases(predictor: Predictor, cases: list[Case], out_dir: str | Path,
     for case in cases:
         t0 = time.perf_counter()
         prob, reference = predictor.predict_case(case)
+        reference_name = Path(next(iter(case.images.values()))).name
         mask = prob >= threshold
         if write_masks:
             write_mask(mask, reference, out_dir / f"{case.id}.nii.gz")
@@ -51,12 +53,9 @@ def evaluate_cases(predictor: Predictor, cases: list[Case], out_dir: str | Path,
         if case.label is None or not Path(case.label).exists():
             log.info("%s: predicted in %.1f s", case.id, seconds)
             continue
-        label, label_img = load_mask(case.label)
-        if label.shape != mask.shape:
-            from strokelab.errors import DataError
-
-            raise DataError(case.label, f"shape {label.shape} differs from the images' {mask.shape}", "resample the mask")
-        spacing = tuple(float(z) for z in label_img.header.get_zooms()[:3])
+        label = load_label(case.label, reference, affine_tol_mm, reference_name)
+        label_img = nib.load(case.label)
+        spacing = spacing_mm(label_img)
         row = {"case": case.id, "fold": case.fold, "centre": case.centre,
                "lesion_ml": float(label.sum()) * voxel_volume_ml(label_img),
                "pred_ml": float(mask.sum()) * voxel_volume_ml(label_img)}

@@ -18,8 +18,6 @@ exactly one mask is empty) are left out of every statistic and counted in ``n_na
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from strokelab.errors import DataError
+from strokelab.io import atomic_path, atomic_write_text
 from strokelab.metrics import METRIC_COLUMNS
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75", "n", "n_nan")
@@ -399,37 +398,51 @@ def _plot_dice_vs_volume(df: pd.DataFrame, path: Path, title: str) -> Path:
     return _atomic_save_figure(fig, path)
 
 
-def _temp_path(path: Path) -> Path:
-    """A fresh hidden name next to ``path`` (same directory, so ``os.replace`` is atomic)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
 def _atomic_write_text(path: Path, text: str) -> Path:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="") as fh:  # normal permissions (umask)
-            fh.write(text if text.endswith("\n") else text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path
 
 
 def _atomic_save_figure(fig, path: Path) -> Path:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "xb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 
-def _remove_quietly(path: Path) -> None:
+def collect_runs(run_dir: str | Path) -> dict[str, pd.DataFrame]:
+    """Per-case test tables of every run under ``run_dir`` (e.g. a cross-validation multirun), by model.
+
+    Looks for ``**/test/<model>/metrics.csv`` as ``train.py`` writes them; cases of all folds are pooled.
+    """
+    tables: dict[str, list[pd.DataFrame]] = {}
+    for path in sorted(Path(run_dir).rglob("test/*/metrics.csv")):
+        frame = pd.read_csv(path)
+        frame["run"] = str(path.parent.parent.parent.relative_to(run_dir))
+        tables.setdefault(path.parent.name, []).append(frame)
+    if not tables:
+        raise DataError(run_dir, "holds no test/<model>/metrics.csv", "point to a train.py run or multirun folder")
+    return {model: pd.concat(frames, ignore_index=True) for model, frames in tables.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m strokelab.report RUN_DIR``: pool the held-out folds of a (multi)run and report them."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m strokelab.report", description=main.__doc__)
+    parser.add_argument("run_dir", help="a train.py run or multirun folder (e.g. logs/cv/multiruns/DATE)")
+    args = parser.parse_args(argv)
     try:
-        os.unlink(path)
-    except OSError:
-        pass
+        tables = collect_runs(args.run_dir)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for model, table in tables.items():
+        write_report(table, Path(args.run_dir) / "summary" / model, title=f"{model}, pooled held-out folds")
+    print(comparison_table(tables))
+    print(f"reports: {Path(args.run_dir) / 'summary'}/<model>/summary.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -46,6 +46,26 @@ def _spatial_affine_close(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
     return bool(np.max(np.abs(a - b)) <= tol)
 
 
+def load_label(path: Path, reference: nib.Nifti1Image, affine_tol_mm: float = 1e-3, ref_name: str = "the images") -> np.ndarray:
+    """Read a lesion mask as ``> 0.5`` after checking it: readable, on the reference grid, values 0/1."""
+    data, img = load_nifti(path, expect_3d=True)
+    if data.shape != reference.shape[:3]:
+        raise DataError(path, f"shape {data.shape} differs from {ref_name} {reference.shape[:3]}",
+                        "resample the mask onto the images' grid")
+    if not _spatial_affine_close(img.affine, reference.affine, affine_tol_mm):
+        diff = float(np.max(np.abs(img.affine - reference.affine)))
+        raise DataError(path, f"affine differs from {ref_name} by {diff:.3g} (tolerance {affine_tol_mm:g})",
+                        "register the mask or raise data.preprocess.affine_tol_mm")
+    if not np.isfinite(data).all():
+        raise DataError(path, "mask has NaN/Inf voxels", "fix the mask file")
+    off = np.minimum(np.abs(data), np.abs(data - 1.0)) > LABEL_VALUE_TOL
+    if off.any():
+        values = np.unique(data[off])[:5]
+        raise DataError(path, f"mask has values other than 0/1 (e.g. {', '.join(f'{v:g}' for v in values)})",
+                        "give a binary lesion mask")
+    return data > 0.5
+
+
 def load_case(case: Case, nan_policy: str = "error", affine_tol_mm: float = 1e-3) -> LoadedCase:
     """Read and check one case. Raises DataError on the first problem (see ``check_case`` for all)."""
     problems, loaded = _inspect(case, nan_policy, affine_tol_mm, stop_at_first=True)
@@ -107,24 +127,9 @@ def _inspect(case: Case, nan_policy: str, tol: float, stop_at_first: bool) -> tu
         images[modality] = data
 
     label = None
-    if case.label is not None:
+    if case.label is not None and reference is not None:
         try:
-            data, img = load_nifti(case.label, expect_3d=True)
-            if reference is not None and data.shape != reference.shape[:3]:
-                raise DataError(case.label, f"shape {data.shape} differs from {ref_path.name} {reference.shape[:3]}",
-                                "resample the mask onto the images' grid")
-            if reference is not None and not _spatial_affine_close(img.affine, reference.affine, tol):
-                diff = float(np.max(np.abs(img.affine - reference.affine)))
-                raise DataError(case.label, f"affine differs from {ref_path.name} by {diff:.3g} (tolerance {tol:g})",
-                                "register the mask or raise data.preprocess.affine_tol_mm")
-            if not np.isfinite(data).all():
-                raise DataError(case.label, "mask has NaN/Inf voxels", "fix the mask file")
-            off = np.minimum(np.abs(data), np.abs(data - 1.0)) > LABEL_VALUE_TOL
-            if off.any():
-                values = np.unique(data[off])[:5]
-                raise DataError(case.label, f"mask has values other than 0/1 (e.g. {', '.join(f'{v:g}' for v in values)})",
-                                "give a binary lesion mask")
-            label = data > 0.5
+            label = load_label(case.label, reference, tol, ref_path.name)
         except DataError as err:
             if problem(err):
                 return problems, None
@@ -150,7 +155,7 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3) -> None:
             try:
                 img = nib.load(str(path))
             except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
-                errors.append(DataError(path, f"unreadable image header ({type(exc).__name__})", "re-export it"))
+                errors.append(DataError(path, f"unreadable or truncated image header ({type(exc).__name__})", "re-export or re-download it"))
                 continue
             want = 4 if modality in TIME_SERIES else 3
             ndim = len(img.shape) if not (len(img.shape) == 4 and img.shape[3] == 1) else 3
