@@ -227,3 +227,17 @@ def test_ddp_trains_on_two_cpu_processes(tiny_root, tmp_path):
               f"data.root={tiny_root}", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("Held-out fold 0") == 1 and "MEMBER: 2/2" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_default_pipeline_generates_the_phantom_and_trains_on_it(tmp_path):
+    """`make train` in small: the default config generates the phantom, trains, tests both models."""
+    out = run("train.py", "data.phantom.n_cases=10", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
+              "data.samples_per_volume=2", "logger=csv", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    root = tmp_path / "data" / "phantom"
+    assert (root / "dataset_description.json").exists() and len(list((root / "derivatives").iterdir())) == 10
+    assert (root / "isles24_multimodal_5fold_NIHSSstratified.json").exists()
+    assert "| unet" in out.stdout and "| threshold" in out.stdout
+    check = subprocess.run([sys.executable, "-m", "strokelab.data.check", str(root)], capture_output=True, text=True)
+    assert check.returncode == 0 and "all usable" in check.stdout
