@@ -1,7 +1,7 @@
 """Predict final-infarct masks for new cases, in their native geometry.
 
-    python predict.py input=ROOT_OR_CASE output=DIR ckpt=PATH
-    python predict.py input=ROOT_OR_CASE output=DIR model=threshold
+python predict.py input=ROOT_OR_CASE output=DIR ckpt=PATH
+python predict.py input=ROOT_OR_CASE output=DIR model=threshold
 """
 
 import hydra

@@ -1,8 +1,8 @@
 """Train a model (or evaluate the threshold baseline) on an ISLES'24-layout data set.
 
-    python train.py                          # default: phantom data, 3D U-Net, Dice+CE, CPU
-    python train.py experiment=bce_collapse  # a paper experiment
-    python train.py -m data.fold=0,1,2,3,4   # cross-validation as a multirun
+python train.py                          # default: phantom data, 3D U-Net, Dice+CE, CPU
+python train.py experiment=bce_collapse  # a paper experiment
+python train.py -m data.fold=0,1,2,3,4   # cross-validation as a multirun
 """
 
 import hydra

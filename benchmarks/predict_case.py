@@ -58,7 +58,8 @@ def write_isles_case(root: Path, cid: str = "sub-stroke0001") -> None:
     # Centre the phantom head in the ISLES field of view.
     src_affine = src.affine.copy()
     src_affine[:3, 3] += (affine[:3, :3] @ (np.array(shape) / 2) + affine[:3, 3]) - (
-        src_affine[:3, :3] @ (np.array(src.shape[:3]) / 2) + src_affine[:3, 3])
+        src_affine[:3, :3] @ (np.array(src.shape[:3]) / 2) + src_affine[:3, 3]
+    )
     for name in (*MAPS, "lesion"):
         data = np.asarray(images[name if name != "lesion" else "lesion-msk"].dataobj, dtype=np.float32)
         out = to_native(data, src_affine, shape, affine)
@@ -80,8 +81,13 @@ def main() -> None:
     if args.ckpt:
         predictor = NetworkPredictor.from_checkpoint(args.ckpt, device="cpu")
     else:
-        predictor = NetworkPredictor(instantiate(cfg.model.net), list(cfg.data.modalities),
-                                     Preprocessing.from_config(cfg.data.preprocess), dict(cfg.model.inference), device="cpu")
+        predictor = NetworkPredictor(
+            instantiate(cfg.model.net),
+            list(cfg.data.modalities),
+            Preprocessing.from_config(cfg.data.preprocess),
+            dict(cfg.model.inference),
+            device="cpu",
+        )
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -103,8 +109,13 @@ def main() -> None:
             times["preprocess"] = time.perf_counter() - t0
             t0 = time.perf_counter()
             inf = predictor.inference
-            logits = sliding_window_inference(predictor.net, entry["image"][None], patch_size=inf["patch_size"],
-                                              overlap=inf["overlap"], batch_size=inf["batch_size"])
+            logits = sliding_window_inference(
+                predictor.net,
+                entry["image"][None],
+                patch_size=inf["patch_size"],
+                overlap=inf["overlap"],
+                batch_size=inf["batch_size"],
+            )
             prob = torch.sigmoid(logits)[0, 0].numpy()
             times["network (sliding window)"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -120,16 +131,20 @@ def main() -> None:
                 rows.setdefault(key, []).append(value)
     med = {k: statistics.median(v) for k, v in rows.items()}
     shape, _ = isles_geometry()
-    print(f"\nOne case of {shape[0]}x{shape[1]}x{shape[2]} voxels, {len(predictor.modalities)} maps, "
-          f"spacing {predictor.prep.spacing} mm, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(
+        f"\nOne case of {shape[0]}x{shape[1]}x{shape[2]} voxels, {len(predictor.modalities)} maps, "
+        f"spacing {predictor.prep.spacing} mm, {torch.get_num_threads()} threads, median of {args.repeats}"
+    )
     print(f"| {'stage':<32} | {'seconds':>8} |\n|{'-' * 34}|{'-' * 10}:|")
     for key, value in med.items():
         print(f"| {key:<32} | {value:8.2f} |")
     loading = sum(med[k] for k in ("read + check", "preprocess", "back to native grid", "write mask"))
     predict_total = loading + med["network (sliding window)"]
     print(f"| {'predict total (excl. reference)':<32} | {predict_total:8.2f} |")
-    print(f"\ndata loading / model compute = {loading:.2f} s / {med['network (sliding window)']:.2f} s "
-          f"= {loading / med['network (sliding window)']:.2f}")
+    print(
+        f"\ndata loading / model compute = {loading:.2f} s / {med['network (sliding window)']:.2f} s "
+        f"= {loading / med['network (sliding window)']:.2f}"
+    )
     print(f"read + check / bare nibabel read = {med['read + check'] / med['bare nibabel read (reference)']:.2f}")
 
 

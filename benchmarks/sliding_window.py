@@ -31,9 +31,7 @@ from strokelab.nn.unet import UNet3D
 SHAPE = (1, 4, 128, 128, 40)
 
 
-def naive_window_loop(
-    model: torch.nn.Module, image: torch.Tensor, patch: tuple[int, int, int], overlap: float
-):
+def naive_window_loop(model: torch.nn.Module, image: torch.Tensor, patch: tuple[int, int, int], overlap: float):
     """Reference: same windows as sliding_window_inference, one forward per window, uniform average."""
     spatial = image.shape[2:]
     starts = [window_starts(s, p, overlap) for s, p in zip(spatial, patch)]
@@ -87,9 +85,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = (
-        UNet3D(4, 1, channels=[8, 16, 32, 64], strides=[[2, 2, 1], [2, 2, 2], [2, 2, 2]]).to(device).eval()
-    )
+    model = UNet3D(4, 1, channels=[8, 16, 32, 64], strides=[[2, 2, 1], [2, 2, 2], [2, 2, 2]]).to(device).eval()
     image = torch.randn(SHAPE, device=device)
     patch = tuple(args.patch)
     starts = [window_starts(s, p, args.overlap) for s, p in zip(SHAPE[2:], patch)]
@@ -112,9 +108,7 @@ def main() -> None:
         ("swi constant, batch_size=4", window_voxels, swi(batch_size=4, mode="constant")),
     ]
     if args.mirror:
-        rows.append(
-            ("swi gaussian, bs=4, mirror (0,1)", 4 * window_voxels, swi(batch_size=4, mirror_axes=(0, 1)))
-        )
+        rows.append(("swi gaussian, bs=4, mirror (0,1)", 4 * window_voxels, swi(batch_size=4, mirror_axes=(0, 1))))
 
     # Sanity check of the output (values differ from the whole-volume forward near window borders,
     # where the receptive field sees zero padding instead of neighbouring voxels).

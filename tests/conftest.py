@@ -24,8 +24,9 @@ def oblique_affine(spacing=(2.0, 2.0, 5.0), tilt_deg=15.0, shape=(32, 36, 10)) -
     return affine
 
 
-def write_case(root: Path, cid: str, shape=(32, 36, 10), affine=None, nihss=10, seed=0, label_naming="space-ncct",
-               lesion=True) -> None:
+def write_case(
+    root: Path, cid: str, shape=(32, 36, 10), affine=None, nihss=10, seed=0, label_naming="space-ncct", lesion=True
+) -> None:
     """A synthetic case: brain ellipsoid with maps, a hypoperfused blob and its lesion mask."""
     rng = np.random.default_rng(seed)
     affine = oblique_affine(shape=shape) if affine is None else affine
@@ -48,7 +49,9 @@ def write_case(root: Path, cid: str, shape=(32, 36, 10), affine=None, nihss=10, 
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), ses2 / f"{cid}_ses-02_{tag}lesion-msk.nii.gz")
     pheno = root / "phenotype" / cid / "ses-01"
     pheno.mkdir(parents=True, exist_ok=True)
-    (pheno / f"{cid}_ses-01_demographic_baseline.csv").write_text(f"Age,Sex,NIHSS at admission,Centre\n70,F,{nihss},C{seed % 2}\n")
+    (pheno / f"{cid}_ses-01_demographic_baseline.csv").write_text(
+        f"Age,Sex,NIHSS at admission,Centre\n70,F,{nihss},C{seed % 2}\n"
+    )
 
 
 @pytest.fixture

@@ -10,20 +10,29 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import MAPS, REAL_ISLES24_MASK, write_case
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from strokelab.entry import register_resolvers
 from strokelab.metrics import METRIC_COLUMNS
 
-from conftest import MAPS, REAL_ISLES24_MASK, write_case
-
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 # A network and patches small enough for a 32x36x10 test volume; one short epoch.
-TINY = ["data=isles24", "data.preprocess.spacing=[2,2,5]", "data.patch_size=[16,16,8]", "data.samples_per_volume=2",
-        "data.queue_length=8", "data.batch_size=2", "data.prepare_workers=1", "model.net.channels=[4,8,16,32]",
-        "trainer.max_epochs=2", "trainer.check_val_every_n_epoch=1", "logger=csv"]
+TINY = [
+    "data=isles24",
+    "data.preprocess.spacing=[2,2,5]",
+    "data.patch_size=[16,16,8]",
+    "data.samples_per_volume=2",
+    "data.queue_length=8",
+    "data.batch_size=2",
+    "data.prepare_workers=1",
+    "model.net.channels=[4,8,16,32]",
+    "trainer.max_epochs=2",
+    "trainer.check_val_every_n_epoch=1",
+    "logger=csv",
+]
 
 
 def run(script: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -40,10 +49,20 @@ def one_error_line(out: subprocess.CompletedProcess, *needles: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("overrides", [
-    [], ["model=threshold"], ["experiment=bce_collapse"], ["loss=dice"], ["data=isles24"], ["logger=tensorboard"],
-    ["trainer=gpu"], ["trainer=ddp"], ["model.net.deep_supervision=true"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["model=threshold"],
+        ["experiment=bce_collapse"],
+        ["loss=dice"],
+        ["data=isles24"],
+        ["logger=tensorboard"],
+        ["trainer=gpu"],
+        ["trainer=ddp"],
+        ["model.net.deep_supervision=true"],
+    ],
+)
 def test_train_configs_compose_and_instantiate(overrides):
     register_resolvers()
     with initialize_config_dir(str(CONF), version_base="1.3"):
@@ -115,10 +134,21 @@ def test_predict_threshold_model_needs_no_checkpoint(tiny_root, tmp_path):
 def test_bad_checkpoints_end_in_one_line(trained, tmp_path):
     root, run_dir, _ = trained
     case = str(root / "derivatives" / "sub-stroke0001")
-    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={tmp_path / 'nope.ckpt'}"),
-                   "nope.ckpt", "does not exist")
-    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
-                       "model=unet", "model.net.channels=[8,16,32,64]"), "last.ckpt", "does not match")
+    one_error_line(
+        run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={tmp_path / 'nope.ckpt'}"), "nope.ckpt", "does not exist"
+    )
+    one_error_line(
+        run(
+            "predict.py",
+            f"input={case}",
+            f"output={tmp_path}",
+            f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+            "model=unet",
+            "model.net.channels=[8,16,32,64]",
+        ),
+        "last.ckpt",
+        "does not match",
+    )
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={garbage}"), "garbage.ckpt")
@@ -131,8 +161,18 @@ def test_bad_data_ends_in_one_line_naming_the_file(tiny_root, tmp_path):
     affine = nib.load(cbv).affine
     nib.save(nib.Nifti1Image(np.full((32, 36, 10), np.nan, np.float32), affine), cbv)
     out_dir = tmp_path / "out"
-    one_error_line(run("train.py", *TINY, f"data.root={tiny_root}", f"paths.root_dir={tmp_path}", "data.cache_dir=null",
-                       f"hydra.run.dir={tmp_path / 'run'}"), "sub-stroke0003_ses-01_space-ncct_cbv.nii.gz", "NaN")
+    one_error_line(
+        run(
+            "train.py",
+            *TINY,
+            f"data.root={tiny_root}",
+            f"paths.root_dir={tmp_path}",
+            "data.cache_dir=null",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ),
+        "sub-stroke0003_ses-01_space-ncct_cbv.nii.gz",
+        "NaN",
+    )
     # model=threshold reads cbf and tmax only: break tmax the same way for predict.
     tmax = cbv.parent / "sub-stroke0003_ses-01_space-ncct_tmax.nii.gz"
     nib.save(nib.Nifti1Image(np.full((32, 36, 10), np.inf, np.float32), affine), tmax)
@@ -144,8 +184,15 @@ def test_bad_data_ends_in_one_line_naming_the_file(tiny_root, tmp_path):
 
 
 def test_a_broken_config_ends_in_one_line(tiny_root, tmp_path):
-    out = run("train.py", "data=isles24", f"data.root={tiny_root}", "data.preprocess.spacing=[2,2]",
-              f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}", "logger=csv")
+    out = run(
+        "train.py",
+        "data=isles24",
+        f"data.root={tiny_root}",
+        "data.preprocess.spacing=[2,2]",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        "logger=csv",
+    )
     one_error_line(out, "data.preprocess.spacing")
     out = run("train.py", "model=nonexistent", f"hydra.run.dir={tmp_path / 'run'}")
     assert out.returncode != 0 and "Traceback" not in out.stderr and "nonexistent" in out.stderr
@@ -158,8 +205,12 @@ def test_predict_on_real_isles24_geometry(trained, tmp_path):
     ref = nib.load(REAL_ISLES24_MASK)
     root = tmp_path / "isles"
     write_case(root, "sub-stroke0014", shape=ref.shape, affine=ref.affine, seed=3)
-    out = run("predict.py", f"input={root / 'derivatives' / 'sub-stroke0014'}", f"output={tmp_path / 'pred'}",
-              f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+    out = run(
+        "predict.py",
+        f"input={root / 'derivatives' / 'sub-stroke0014'}",
+        f"output={tmp_path / 'pred'}",
+        f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     mask = nib.load(tmp_path / "pred" / "sub-stroke0014.nii.gz")
     assert mask.shape == ref.shape == (512, 586, 74) and np.array_equal(mask.affine, ref.affine)
@@ -172,17 +223,33 @@ def _perfusion(case_dir: Path, name: str) -> Path:
 
 BREAKAGES = {
     "missing modality": (lambda d, a: _perfusion(d, "cbv").unlink(), "cbv.nii.gz", "missing"),
-    "truncated file": (lambda d, a: _perfusion(d, "mtt").write_bytes(_perfusion(d, "mtt").read_bytes()[:-300]),
-                       "mtt.nii.gz", "truncated"),
-    "shape mismatch": (lambda d, a: nib.save(nib.Nifti1Image(np.ones((30, 36, 10), np.float32), a), _perfusion(d, "cbv")),
-                       "cbv.nii.gz", "shape"),
-    "affine mismatch": (lambda d, a: nib.save(nib.Nifti1Image(np.ones((32, 36, 10), np.float32), a * 1.1), _perfusion(d, "cbv")),
-                        "cbv.nii.gz", "affine"),
-    "4D where 3D": (lambda d, a: nib.save(nib.Nifti1Image(np.ones((32, 36, 10, 4), np.float32), a), _perfusion(d, "tmax")),
-                    "tmax.nii.gz", "3D"),
-    "mask not 0/1": (lambda d, a: nib.save(nib.Nifti1Image(np.full((32, 36, 10), 2, np.uint8), a),
-                                           d / "ses-02" / f"{d.name}_ses-02_space-ncct_lesion-msk.nii.gz"),
-                     "lesion-msk.nii.gz", "values other than 0/1"),
+    "truncated file": (
+        lambda d, a: _perfusion(d, "mtt").write_bytes(_perfusion(d, "mtt").read_bytes()[:-300]),
+        "mtt.nii.gz",
+        "truncated",
+    ),
+    "shape mismatch": (
+        lambda d, a: nib.save(nib.Nifti1Image(np.ones((30, 36, 10), np.float32), a), _perfusion(d, "cbv")),
+        "cbv.nii.gz",
+        "shape",
+    ),
+    "affine mismatch": (
+        lambda d, a: nib.save(nib.Nifti1Image(np.ones((32, 36, 10), np.float32), a * 1.1), _perfusion(d, "cbv")),
+        "cbv.nii.gz",
+        "affine",
+    ),
+    "4D where 3D": (
+        lambda d, a: nib.save(nib.Nifti1Image(np.ones((32, 36, 10, 4), np.float32), a), _perfusion(d, "tmax")),
+        "tmax.nii.gz",
+        "3D",
+    ),
+    "mask not 0/1": (
+        lambda d, a: nib.save(
+            nib.Nifti1Image(np.full((32, 36, 10), 2, np.uint8), a), d / "ses-02" / f"{d.name}_ses-02_space-ncct_lesion-msk.nii.gz"
+        ),
+        "lesion-msk.nii.gz",
+        "values other than 0/1",
+    ),
 }
 
 
@@ -202,14 +269,28 @@ def test_predict_refuses_bad_cases_in_one_line(trained, tmp_path, what):
 def test_fold_file_with_missing_cases_stops_training_in_one_line(tiny_root, tmp_path):
     folds = tmp_path / "folds.json"
     folds.write_text('{"training": [{"caseID": "sub-stroke0042", "fold": 0}]}')
-    out = run("train.py", *TINY, f"data.root={tiny_root}", f"data.fold_file={folds}", f"paths.root_dir={tmp_path}",
-              f"hydra.run.dir={tmp_path / 'run'}")
+    out = run(
+        "train.py",
+        *TINY,
+        f"data.root={tiny_root}",
+        f"data.fold_file={folds}",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     one_error_line(out, "folds.json", "sub-stroke0042")
 
 
 def test_cross_validation_multirun_and_pooled_report(tiny_root, tmp_path):
-    out = run("train.py", "-m", *TINY, "trainer.max_epochs=1", f"data.root={tiny_root}", f"paths.root_dir={tmp_path}",
-              "data.fold=0,1", f"hydra.sweep.dir={tmp_path / 'cv'}")
+    out = run(
+        "train.py",
+        "-m",
+        *TINY,
+        "trainer.max_epochs=1",
+        f"data.root={tiny_root}",
+        f"paths.root_dir={tmp_path}",
+        "data.fold=0,1",
+        f"hydra.sweep.dir={tmp_path / 'cv'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Held-out fold 0" in out.stdout and "Held-out fold 1" in out.stdout
     report = subprocess.run([sys.executable, "-m", "strokelab.report", str(tmp_path / "cv")], capture_output=True, text=True)
@@ -223,8 +304,17 @@ def test_cross_validation_multirun_and_pooled_report(tiny_root, tmp_path):
 
 def test_ddp_trains_on_two_cpu_processes(tiny_root, tmp_path):
     """trainer=ddp on CPU (gloo): the TorchIO queue shards subjects per rank and rank 0 alone tests."""
-    out = run("train.py", *TINY, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
-              f"data.root={tiny_root}", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    out = run(
+        "train.py",
+        *TINY,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        f"data.root={tiny_root}",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("Held-out fold 0") == 1 and "MEMBER: 2/2" in out.stdout + out.stderr
 
@@ -232,8 +322,16 @@ def test_ddp_trains_on_two_cpu_processes(tiny_root, tmp_path):
 @pytest.mark.slow
 def test_default_pipeline_generates_the_phantom_and_trains_on_it(tmp_path):
     """`make train` in small: the default config generates the phantom, trains, tests both models."""
-    out = run("train.py", "data.phantom.n_cases=10", "trainer.max_epochs=1", "trainer.check_val_every_n_epoch=1",
-              "data.samples_per_volume=2", "logger=csv", f"paths.root_dir={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    out = run(
+        "train.py",
+        "data.phantom.n_cases=10",
+        "trainer.max_epochs=1",
+        "trainer.check_val_every_n_epoch=1",
+        "data.samples_per_volume=2",
+        "logger=csv",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     root = tmp_path / "data" / "phantom"
     assert (root / "dataset_description.json").exists() and len(list((root / "derivatives").iterdir())) == 10

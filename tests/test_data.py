@@ -10,6 +10,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import MAPS, REAL_ISLES24_MASK
 
 from strokelab.data.check import check_case, load_case
 from strokelab.data.folds import ensure_fold_file, read_fold_file, stratified_folds
@@ -17,8 +18,6 @@ from strokelab.data.layouts import FOLD_FILE_NAME, discover, resolve_input
 from strokelab.data.preprocess import Preprocessing, load_or_preprocess, preprocess_loaded, to_native
 from strokelab.errors import ConfigError, DataError
 from strokelab.inference import mask_image
-
-from conftest import MAPS, REAL_ISLES24_MASK, write_case
 
 
 def test_discover_reads_layout_both_label_namings_and_clinical(tiny_root):
@@ -73,12 +72,22 @@ def _case(root, cid="sub-stroke0001"):
         (lambda c: c.images["mtt"].write_bytes(gzip.compress(b"\x5c\x01" * 100)[:60]), "unreadable or truncated"),
         (lambda c: nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.float32), np.eye(4)), c.images["cbv"]), "shape"),
         (lambda c: nib.save(nib.Nifti1Image(np.zeros((32, 36, 10), np.float32), np.eye(4) * 2), c.images["cbv"]), "affine"),
-        (lambda c: nib.save(nib.Nifti1Image(np.full((32, 36, 10), np.nan, np.float32), nib.load(c.images["cbf"]).affine),
-                            c.images["cbv"]), "NaN"),
-        (lambda c: nib.save(nib.Nifti1Image(np.zeros((32, 36, 10, 3), np.float32), nib.load(c.images["cbf"]).affine),
-                            c.images["tmax"]), "expected a 3D"),
-        (lambda c: nib.save(nib.Nifti1Image(np.full((32, 36, 10), 2, np.uint8), nib.load(c.images["cbf"]).affine), c.label),
-         "values other than 0/1"),
+        (
+            lambda c: nib.save(
+                nib.Nifti1Image(np.full((32, 36, 10), np.nan, np.float32), nib.load(c.images["cbf"]).affine), c.images["cbv"]
+            ),
+            "NaN",
+        ),
+        (
+            lambda c: nib.save(
+                nib.Nifti1Image(np.zeros((32, 36, 10, 3), np.float32), nib.load(c.images["cbf"]).affine), c.images["tmax"]
+            ),
+            "expected a 3D",
+        ),
+        (
+            lambda c: nib.save(nib.Nifti1Image(np.full((32, 36, 10), 2, np.uint8), nib.load(c.images["cbf"]).affine), c.label),
+            "values other than 0/1",
+        ),
     ],
 )
 def test_bad_input_gives_one_clear_error_naming_the_file(tiny_root, break_it, message):
@@ -125,7 +134,10 @@ def test_preprocessing_resamples_crops_normalises_and_maps_back(tiny_root):
     assert np.allclose(spacing, (3.0, 3.0, 5.0))
     fg = image[0] != 0
     assert abs(image[0][fg].mean()) < 1e-3 and abs(image[0][fg].std() - 1) < 1e-3
-    back = to_native(entry["label"][0].numpy().astype(np.float32), entry["affine"], entry["native_shape"], entry["native_affine"]) > 0.5
+    back = (
+        to_native(entry["label"][0].numpy().astype(np.float32), entry["affine"], entry["native_shape"], entry["native_affine"])
+        > 0.5
+    )
     truth = loaded.label
     dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())
     assert back.shape == truth.shape and dice > 0.85
@@ -177,8 +189,9 @@ def test_to_native_round_trip_on_real_isles_geometry():
     from strokelab.data.check import LoadedCase
     from strokelab.data.layouts import Case
 
-    loaded = LoadedCase(Case("x", REAL_ISLES24_MASK.parent, {"tmax": REAL_ISLES24_MASK}, None),
-                        {"tmax": truth.astype(np.float32)}, ref, None)
+    loaded = LoadedCase(
+        Case("x", REAL_ISLES24_MASK.parent, {"tmax": REAL_ISLES24_MASK}, None), {"tmax": truth.astype(np.float32)}, ref, None
+    )
     entry = preprocess_loaded(loaded, Preprocessing(spacing=prep.spacing, normalize="none", crop_to_head=False))
     back = to_native(entry["image"][0].numpy(), entry["affine"], entry["native_shape"], entry["native_affine"]) > 0.5
     dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())

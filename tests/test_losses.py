@@ -39,9 +39,7 @@ def test_perfect_logits_give_zero_dice_and_dice_ce(batch_dice):
     assert BCELoss()(logits, target).item() == pytest.approx(0.0, abs=1e-5)
 
 
-@pytest.mark.parametrize(
-    "loss", [BCELoss(), BCELoss(pos_weight=10.0), DiceLoss(), DiceLoss(batch_dice=True), DiceCELoss()]
-)
+@pytest.mark.parametrize("loss", [BCELoss(), BCELoss(pos_weight=10.0), DiceLoss(), DiceLoss(batch_dice=True), DiceCELoss()])
 def test_all_background_target_gives_finite_loss_and_gradient(loss):
     target = torch.zeros(2, 1, 6, 6, 6)
     for logits in (torch.randn(2, 1, 6, 6, 6), torch.full((2, 1, 6, 6, 6), -BIG)):

@@ -151,8 +151,17 @@ def test_identical_real_masks_score_perfectly(fixture, request):
     mask, _, spacing = request.getfixturevalue(fixture)
     r = case_metrics(mask, mask.copy(), spacing)
     assert list(r) == list(METRIC_COLUMNS)
-    assert r == {"dice": 1.0, "precision": 1.0, "recall": 1.0, "avd_ml": 0.0, "lesion_f1": 1.0,
-                 "lesion_count_diff": 0.0, "hd95_mm": 0.0, "assd_mm": 0.0, "rve": 0.0}
+    assert r == {
+        "dice": 1.0,
+        "precision": 1.0,
+        "recall": 1.0,
+        "avd_ml": 0.0,
+        "lesion_f1": 1.0,
+        "lesion_count_diff": 0.0,
+        "hd95_mm": 0.0,
+        "assd_mm": 0.0,
+        "rve": 0.0,
+    }
 
 
 @needs_real
@@ -352,8 +361,10 @@ def _panoptica_surface_reference(pred: np.ndarray, label: np.ndarray, spacing) -
     pytest.importorskip("panoptica")
     from panoptica.metrics import _average_symmetric_surface_distance, _compute_hausdorff_distance95
 
-    return (_compute_hausdorff_distance95(label, pred, voxelspacing=spacing),
-            _average_symmetric_surface_distance(label, pred, voxelspacing=spacing))
+    return (
+        _compute_hausdorff_distance95(label, pred, voxelspacing=spacing),
+        _average_symmetric_surface_distance(label, pred, voxelspacing=spacing),
+    )
 
 
 def _crop(pred, label, margin=3):

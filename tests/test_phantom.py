@@ -26,9 +26,7 @@ from strokelab.data.phantom import (
 from strokelab.errors import ConfigError, DataError
 
 # A small grid over the same field of view as the default (so the head is adult-sized), 16 frames x 3 s.
-TINY = PhantomConfig(
-    n_cases=3, seed=7, shape=(48, 56, 14), spacing=(4.0, 4.0, 10.0), n_frames=16, frame_interval_s=3.0
-)
+TINY = PhantomConfig(n_cases=3, seed=7, shape=(48, 56, 14), spacing=(4.0, 4.0, 10.0), n_frames=16, frame_interval_s=3.0)
 # The tiny grid of the brief: default voxel size, so the head is shrunk to fit the small field of view.
 SMALL_FOV = PhantomConfig(n_cases=3, seed=1, shape=(40, 48, 12), n_frames=16, frame_interval_s=3.0)
 
@@ -265,9 +263,7 @@ def test_worker_count_does_not_change_the_data(dataset, tmp_path):
     generate(root, TINY, workers=2)
     for i in range(TINY.n_cases):
         for rel in case_files(i).values():
-            np.testing.assert_array_equal(
-                _arr(nib.load(root / rel)), _arr(nib.load(dataset / rel)), err_msg=rel
-            )
+            np.testing.assert_array_equal(_arr(nib.load(root / rel)), _arr(nib.load(dataset / rel)), err_msg=rel)
         for rel in clinical_files(i).values():
             assert (root / rel).read_text() == (dataset / rel).read_text()
     assert (root / "phantom_truth/cases.csv").read_text() == (dataset / "phantom_truth/cases.csv").read_text()
@@ -282,9 +278,7 @@ def test_clinical_tables(dataset):
         assert tuple(demo.columns) == DEMOGRAPHIC_COLUMNS and len(demo) == 1
         assert tuple(out.columns) == OUTCOME_COLUMNS and len(out) == 1
         row, res = demo.iloc[0], out.iloc[0]
-        assert (
-            18 <= row["age"] <= 100 and row["sex"] in {"M", "F"} and row["centre"] in {"C1", "C2", "C3", "C4"}
-        )
+        assert 18 <= row["age"] <= 100 and row["sex"] in {"M", "F"} and row["centre"] in {"C1", "C2", "C3", "C4"}
         assert 0 <= row["nihss_admission"] <= 42 and 0 <= row["mrs_admission"] <= 5
         assert row["onset_to_ct_min"] > 0
         assert row["thrombolysis"] in (0, 1) and row["thrombectomy"] in (0, 1)

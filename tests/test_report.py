@@ -29,13 +29,15 @@ def table(n: int = 8, seed: int = 0, **overrides) -> pd.DataFrame:
     """A per-case table shaped like a run's output (one case_metrics dict per row + extras)."""
     rng = np.random.default_rng(seed)
     lesion_ml = np.linspace(0.0, 120.0, n)
-    df = pd.DataFrame({
-        "case": [f"sub-stroke{i:04d}" for i in range(n)],
-        "fold": np.arange(n) % 2,
-        "centre": ["A", "B", "C", "A", "B", "C", "A", "B"][:n] if n <= 8 else rng.choice(["A", "B"], n),
-        "lesion_ml": lesion_ml,
-        **{m: rng.random(n) for m in METRIC_COLUMNS},
-    })
+    df = pd.DataFrame(
+        {
+            "case": [f"sub-stroke{i:04d}" for i in range(n)],
+            "fold": np.arange(n) % 2,
+            "centre": ["A", "B", "C", "A", "B", "C", "A", "B"][:n] if n <= 8 else rng.choice(["A", "B"], n),
+            "lesion_ml": lesion_ml,
+            **{m: rng.random(n) for m in METRIC_COLUMNS},
+        }
+    )
     for key, value in overrides.items():
         df[key] = value
     return df
@@ -84,7 +86,15 @@ def test_summarize_by_fold_equals_summarize_of_each_fold():
 
 def test_lesion_size_bins_are_left_closed_and_all_listed():
     assert [lesion_size_bin(v) for v in (0.0, 4.99, 5.0, 19.9, 20.0, 69.9, 70.0, 300.0)] == [
-        "<5 ml", "<5 ml", "5-20 ml", "5-20 ml", "20-70 ml", "20-70 ml", ">=70 ml", ">=70 ml"]
+        "<5 ml",
+        "<5 ml",
+        "5-20 ml",
+        "5-20 ml",
+        "20-70 ml",
+        "20-70 ml",
+        ">=70 ml",
+        ">=70 ml",
+    ]
     assert lesion_size_bin(float("nan")) is None
     df = table(4, lesion_ml=[1.0, 2.0, 5.0, 80.0], dice=[0.2, 0.4, 0.6, 0.9])
     by = summarize_by(df, "lesion_size")
@@ -143,8 +153,12 @@ def test_write_report_without_lesion_volume_writes_tables_only(tmp_path):
 def test_plots_recover_predicted_volume_from_rve_and_avd():
     label_ml = np.array([0.0, 10.0, 50.0])
     pred_ml = np.array([3.0, 12.5, 20.0])
-    df = table(3, lesion_ml=label_ml, avd_ml=np.abs(pred_ml - label_ml),
-               rve=np.where(label_ml > 0, (pred_ml - label_ml) / np.where(label_ml > 0, label_ml, 1), np.nan))
+    df = table(
+        3,
+        lesion_ml=label_ml,
+        avd_ml=np.abs(pred_ml - label_ml),
+        rve=np.where(label_ml > 0, (pred_ml - label_ml) / np.where(label_ml > 0, label_ml, 1), np.nan),
+    )
     true_out, pred_out = _volumes(df)
     np.testing.assert_allclose(true_out, label_ml)
     np.testing.assert_allclose(pred_out, pred_ml)
@@ -179,7 +193,7 @@ def test_report_from_case_metrics_output(tmp_path):
     rows = []
     for i, (size, shift) in enumerate([(4, 0), (8, 1), (12, 2), (16, 0)]):
         label = np.zeros(shape, bool)
-        label[10:10 + size, 10:10 + size, 2:8] = True
+        label[10 : 10 + size, 10 : 10 + size, 2:8] = True
         pred = np.roll(label, shift, axis=0)
         lesion_ml = label.sum() * np.prod(spacing) / 1000
         rows.append({"case": f"c{i}", "lesion_ml": lesion_ml, **case_metrics(pred, label, spacing)})

@@ -15,10 +15,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from strokelab.data.check import load_label
 from strokelab.data.layouts import Case
 from strokelab.inference import write_mask
 from strokelab.io import atomic_path
-from strokelab.data.check import load_label
 from strokelab.metrics import METRIC_COLUMNS, case_metrics, spacing_mm, voxel_volume_ml
 from strokelab.report import write_report
 
@@ -33,8 +33,14 @@ class Predictor(Protocol):
     def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]: ...
 
 
-def evaluate_cases(predictor: Predictor, cases: list[Case], out_dir: str | Path, threshold: float = 0.5,
-                   write_masks: bool = True, affine_tol_mm: float = 1e-3) -> pd.DataFrame | None:
+def evaluate_cases(
+    predictor: Predictor,
+    cases: list[Case],
+    out_dir: str | Path,
+    threshold: float = 0.5,
+    write_masks: bool = True,
+    affine_tol_mm: float = 1e-3,
+) -> pd.DataFrame | None:
     """Predict every case; write ``<case>.nii.gz`` masks, and ``metrics.csv`` + a summary if labels exist.
 
     Returns the per-case metrics table (None when no case has a label).
@@ -56,9 +62,13 @@ def evaluate_cases(predictor: Predictor, cases: list[Case], out_dir: str | Path,
         label = load_label(case.label, reference, affine_tol_mm, reference_name)
         label_img = nib.load(case.label)
         spacing = spacing_mm(label_img)
-        row = {"case": case.id, "fold": case.fold, "centre": case.centre,
-               "lesion_ml": float(label.sum()) * voxel_volume_ml(label_img),
-               "pred_ml": float(mask.sum()) * voxel_volume_ml(label_img)}
+        row = {
+            "case": case.id,
+            "fold": case.fold,
+            "centre": case.centre,
+            "lesion_ml": float(label.sum()) * voxel_volume_ml(label_img),
+            "pred_ml": float(mask.sum()) * voxel_volume_ml(label_img),
+        }
         row.update(case_metrics(mask, label, spacing))
         row["seconds"] = seconds
         rows.append(row)

@@ -33,19 +33,34 @@ def default_device() -> torch.device:
 class NetworkPredictor:
     """A trained network plus everything needed to apply it to a case on disk."""
 
-    def __init__(self, net: torch.nn.Module, modalities: list[str], prep: Preprocessing, inference: dict[str, Any],
-                 threshold: float = 0.5, device: torch.device | str | None = None, label: str = "model"):
+    def __init__(
+        self,
+        net: torch.nn.Module,
+        modalities: list[str],
+        prep: Preprocessing,
+        inference: dict[str, Any],
+        threshold: float = 0.5,
+        device: torch.device | str | None = None,
+        label: str = "model",
+    ):
         self.device = torch.device(device) if device is not None else default_device()
         self.net = net.to(self.device).eval()
-        self.modalities, self.prep, self.inference, self.threshold, self.label = list(modalities), prep, dict(inference), threshold, label
+        self.modalities, self.prep, self.inference, self.threshold, self.label = (
+            list(modalities),
+            prep,
+            dict(inference),
+            threshold,
+            label,
+        )
         self.timings: dict[str, float] = {}
 
     def name(self) -> str:
         return self.label
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, net_cfg: Any = None, device: torch.device | str | None = None,
-                        inference: dict | None = None) -> NetworkPredictor:
+    def from_checkpoint(
+        cls, path: str | Path, net_cfg: Any = None, device: torch.device | str | None = None, inference: dict | None = None
+    ) -> NetworkPredictor:
         """Load a strokelab checkpoint. ``net_cfg`` (optional) overrides the network config it stores."""
         from hydra.utils import instantiate
 
@@ -55,20 +70,25 @@ class NetworkPredictor:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file for the user
-            raise CheckpointError(path, f"unreadable checkpoint ({type(exc).__name__})", "give a .ckpt written by train.py") from None
+            raise CheckpointError(
+                path, f"unreadable checkpoint ({type(exc).__name__})", "give a .ckpt written by train.py"
+            ) from None
         meta = ckpt.get("strokelab") if isinstance(ckpt, dict) else None
         if not meta or "state_dict" not in ckpt:
             raise CheckpointError(path, "is not a strokelab segmentation checkpoint", "give a .ckpt written by train.py")
         cfg = OmegaConf.create(OmegaConf.to_container(net_cfg, resolve=True) if net_cfg is not None else meta["net"])
         net = instantiate(cfg)
-        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             detail = first[1].strip() if len(first) > 1 else first[0]
-            raise CheckpointError(path, f"does not match the model config ({detail[:160]})",
-                                  "use the model config it was trained with, or leave model unset to use the checkpoint's own") from None
+            raise CheckpointError(
+                path,
+                f"does not match the model config ({detail[:160]})",
+                "use the model config it was trained with, or leave model unset to use the checkpoint's own",
+            ) from None
         prep = Preprocessing.from_config(meta["preprocess"])
         settings = {**meta["inference"], **dict(inference or {})}
         return cls(net, meta["modalities"], prep, settings, meta.get("threshold", 0.5), device, label=meta.get("name", path.stem))
@@ -84,8 +104,14 @@ class NetworkPredictor:
         x = entry["image"][None].to(self.device)
         cfg = self.inference
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and cfg.get("bf16", True)):
-            logits = sliding_window_inference(self.net, x, patch_size=cfg["patch_size"], overlap=cfg["overlap"],
-                                              batch_size=cfg["batch_size"], mirror_axes=tuple(cfg.get("mirror_axes") or ()))
+            logits = sliding_window_inference(
+                self.net,
+                x,
+                patch_size=cfg["patch_size"],
+                overlap=cfg["overlap"],
+                batch_size=cfg["batch_size"],
+                mirror_axes=tuple(cfg.get("mirror_axes") or ()),
+            )
         prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
         t2 = time.perf_counter()
         native = to_native(prob, entry["affine"], entry["native_shape"], entry["native_affine"])

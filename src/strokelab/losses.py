@@ -24,9 +24,7 @@ def _check_pair(logits: Tensor, target: Tensor, who: str) -> Tensor:
     if target.dim() == logits.dim() - 1 and logits.dim() >= 2 and logits.shape[1] == 1:
         target = target.unsqueeze(1)
     if target.shape != logits.shape:
-        raise ValueError(
-            f"{who}: target shape {tuple(target.shape)} does not match logits shape {tuple(logits.shape)}"
-        )
+        raise ValueError(f"{who}: target shape {tuple(target.shape)} does not match logits shape {tuple(logits.shape)}")
     return target.to(dtype=torch.float32)
 
 
@@ -107,10 +105,7 @@ class DiceCELoss(nn.Module):
     ):
         super().__init__()
         if lambda_dice < 0 or lambda_ce < 0 or lambda_dice + lambda_ce == 0:
-            raise ValueError(
-                f"DiceCELoss: lambda_dice and lambda_ce must be >= 0 and not both 0, "
-                f"got {lambda_dice}, {lambda_ce}"
-            )
+            raise ValueError(f"DiceCELoss: lambda_dice and lambda_ce must be >= 0 and not both 0, got {lambda_dice}, {lambda_ce}")
         self.lambda_dice = float(lambda_dice)
         self.lambda_ce = float(lambda_ce)
         self.dice = DiceLoss(smooth=smooth, batch_dice=batch_dice)
@@ -132,9 +127,7 @@ def downsample_target(target: Tensor, size: Sequence[int]) -> Tensor:
     if tuple(target.shape[2:]) == size:
         return target
     if any(s > t for s, t in zip(size, target.shape[2:])):
-        raise ValueError(
-            f"downsample_target: output size {size} is larger than the target size {tuple(target.shape[2:])}"
-        )
+        raise ValueError(f"downsample_target: output size {size} is larger than the target size {tuple(target.shape[2:])}")
     return F.adaptive_max_pool3d(target.float(), size)
 
 
@@ -164,9 +157,7 @@ class DeepSupervisionLoss(nn.Module):
         if weights is not None:
             weights = [float(w) for w in weights]
             if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(
-                    f"DeepSupervisionLoss: weights must be non-negative with a positive sum, got {weights}"
-                )
+                raise ValueError(f"DeepSupervisionLoss: weights must be non-negative with a positive sum, got {weights}")
         self.weights = weights
 
     @staticmethod
@@ -186,8 +177,7 @@ class DeepSupervisionLoss(nn.Module):
             return self.default_weights(n_levels)
         if len(self.weights) != n_levels:
             raise ValueError(
-                f"DeepSupervisionLoss: {len(self.weights)} weights configured but the network returned "
-                f"{n_levels} outputs"
+                f"DeepSupervisionLoss: {len(self.weights)} weights configured but the network returned {n_levels} outputs"
             )
         total = sum(self.weights)
         return [w / total for w in self.weights]

@@ -100,21 +100,28 @@ def load_mask(path: str | os.PathLike) -> tuple[np.ndarray, nib.Nifti1Image]:
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, zlib.error, ...)
-        raise DataError(path, f"cannot read the file as an image ({type(exc).__name__}: {exc})",
-                        "re-export the mask as NIfTI (.nii / .nii.gz)") from exc
+        raise DataError(
+            path,
+            f"cannot read the file as an image ({type(exc).__name__}: {exc})",
+            "re-export the mask as NIfTI (.nii / .nii.gz)",
+        ) from exc
     shape = tuple(int(s) for s in img.shape)
     if len(shape) > 3 and all(s == 1 for s in shape[3:]):
         shape = shape[:3]
     if len(shape) != 3:
-        raise DataError(path, f"a lesion mask must be one 3D volume, but the file has shape {img.shape}",
-                        "save a single 3D binary mask per file")
+        raise DataError(
+            path,
+            f"a lesion mask must be one 3D volume, but the file has shape {img.shape}",
+            "save a single 3D binary mask per file",
+        )
     try:
         mask = _threshold_image(img).reshape(shape)
     except DataError:
         raise
     except (OSError, EOFError, zlib.error, ValueError, TypeError) as exc:
-        raise DataError(path, f"cannot read the voxel data ({type(exc).__name__}: {exc})",
-                        "the file is truncated or corrupt; re-export it") from exc
+        raise DataError(
+            path, f"cannot read the voxel data ({type(exc).__name__}: {exc})", "the file is truncated or corrupt; re-export it"
+        ) from exc
     return np.ascontiguousarray(mask), img
 
 
@@ -135,8 +142,11 @@ def _threshold_image(img) -> np.ndarray:
             return table[raw.astype(np.int32) - vmin]
     data = np.asanyarray(dataobj)
     if data.dtype.kind in "fc" and np.isnan(data).any():
-        raise DataError(img.get_filename(), "the mask contains NaN values",
-                        "a mask must hold 0/1 (or probabilities without NaN); fix the file that wrote it")
+        raise DataError(
+            img.get_filename(),
+            "the mask contains NaN values",
+            "a mask must hold 0/1 (or probabilities without NaN); fix the file that wrote it",
+        )
     return np.asarray(data > 0.5)
 
 
@@ -148,8 +158,11 @@ def spacing_mm(img) -> tuple[float, float, float]:
     """
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if len(zooms) != 3 or not all(math.isfinite(z) and z > 0 for z in zooms):
-        raise DataError(img.get_filename(), f"invalid voxel size {zooms} in the header",
-                        "the header's pixdim[1:4] must be three positive sizes in mm")
+        raise DataError(
+            img.get_filename(),
+            f"invalid voxel size {zooms} in the header",
+            "the header's pixdim[1:4] must be three positive sizes in mm",
+        )
     return zooms  # type: ignore[return-value]
 
 
@@ -227,8 +240,11 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
     p = _as_mask(pred, "prediction")
     lab = _as_mask(label, "label")
     if p.shape != lab.shape:
-        raise DataError("case_metrics", f"prediction shape {p.shape} differs from label shape {lab.shape}",
-                        "resample the prediction onto the label's grid before scoring")
+        raise DataError(
+            "case_metrics",
+            f"prediction shape {p.shape} differs from label shape {lab.shape}",
+            "resample the prediction onto the label's grid before scoring",
+        )
     if p.ndim != 3:
         raise DataError("case_metrics", f"masks must be 3D, got {p.ndim}D arrays of shape {p.shape}")
     spacing = _as_spacing(spacing_mm)
@@ -285,8 +301,7 @@ def lesion_detection(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
         f1 = 1.0
     else:
         f1 = tp / (tp + 0.5 * fp + 0.5 * fn)
-    return {"n_pred": n_p, "n_label": n_l, "tp": tp, "fp": fp, "fn": fn, "f1": f1,
-            "count_diff": abs(n_l - n_p)}
+    return {"n_pred": n_p, "n_label": n_l, "tp": tp, "fp": fp, "fn": fn, "f1": f1, "count_diff": abs(n_l - n_p)}
 
 
 def _matched_lesions(lab_p: np.ndarray, n_p: int, lab_l: np.ndarray, n_l: int) -> int:
@@ -320,8 +335,7 @@ def _matched_lesions(lab_p: np.ndarray, n_p: int, lab_l: np.ndarray, n_l: int) -
     return len(used_p)
 
 
-def surface_distances(pred: np.ndarray, label: np.ndarray,
-                      spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """Directed surface distances in mm: ``(pred surface -> label surface, label -> pred)``.
 
     Surface voxels and distances are defined as for ``hd95_mm`` in :func:`case_metrics`. Each
@@ -336,8 +350,7 @@ def surface_distances(pred: np.ndarray, label: np.ndarray,
     return _directed_surface_distances(p, lab, spacing)
 
 
-def _directed_surface_distances(p: np.ndarray, lab: np.ndarray,
-                                spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _directed_surface_distances(p: np.ndarray, lab: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     sp = _surface(p)
     sl = _surface(lab)
     if not sp.any() or not sl.any():
@@ -380,8 +393,9 @@ def _as_mask(arr, what: str) -> np.ndarray:
     if a.dtype.kind == "f" and np.isnan(a).any():
         raise DataError("case_metrics", f"{what} mask contains NaN", "binarise the mask (e.g. `> 0.5`) first")
     if ((a != 0) & (a != 1)).any():
-        raise DataError("case_metrics", f"{what} mask has values other than 0 and 1",
-                        "threshold probabilities first, e.g. `pred > 0.5`")
+        raise DataError(
+            "case_metrics", f"{what} mask has values other than 0 and 1", "threshold probabilities first, e.g. `pred > 0.5`"
+        )
     return a != 0
 
 
@@ -391,8 +405,11 @@ def _as_spacing(spacing, ndim: int = 3) -> tuple[float, ...]:
     except (TypeError, ValueError) as exc:
         raise DataError("case_metrics", f"spacing_mm={spacing!r} is not a sequence of numbers") from exc
     if len(values) != ndim or not all(math.isfinite(s) and s > 0 for s in values):
-        raise DataError("case_metrics", f"spacing_mm={values} must be {ndim} positive voxel sizes in mm",
-                        "pass spacing_mm(label_img), e.g. (0.383, 0.383, 2.0)")
+        raise DataError(
+            "case_metrics",
+            f"spacing_mm={values} must be {ndim} positive voxel sizes in mm",
+            "pass spacing_mm(label_img), e.g. (0.383, 0.383, 2.0)",
+        )
     return values
 
 

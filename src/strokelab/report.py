@@ -43,8 +43,17 @@ LESION_SIZE = "lesion_size"
 _GROUP_COLUMNS = ("model", "fold", "centre", LESION_SIZE)
 
 # Decimals used when printing each metric (fractions with 3, physical quantities with 2).
-_DECIMALS = {"dice": 3, "precision": 3, "recall": 3, "lesion_f1": 3, "rve": 3,
-             "avd_ml": 2, "lesion_count_diff": 2, "hd95_mm": 2, "assd_mm": 2}
+_DECIMALS = {
+    "dice": 3,
+    "precision": 3,
+    "recall": 3,
+    "lesion_f1": 3,
+    "rve": 3,
+    "avd_ml": 2,
+    "lesion_count_diff": 2,
+    "hd95_mm": 2,
+    "assd_mm": 2,
+}
 
 
 # ---------------------------------------------------------------------------------------- summaries
@@ -179,8 +188,9 @@ def write_report(df: pd.DataFrame, out_dir: Path, title: str = "") -> dict[str, 
     return paths
 
 
-def comparison_table(named: Mapping[str, pd.DataFrame],
-                     metrics: Sequence[str] = ("dice", "lesion_f1", "avd_ml", "hd95_mm")) -> str:
+def comparison_table(
+    named: Mapping[str, pd.DataFrame], metrics: Sequence[str] = ("dice", "lesion_f1", "avd_ml", "hd95_mm")
+) -> str:
     """A fixed-width markdown table comparing models: one row per model, ``mean ± std`` per metric.
 
     Args:
@@ -231,8 +241,11 @@ def _metric_columns(df: pd.DataFrame) -> list[str]:
     if not isinstance(df, pd.DataFrame):
         raise DataError("per-case metrics", f"expected a pandas DataFrame, got {type(df).__name__}")
     if "case" not in df.columns:
-        raise DataError("per-case metrics", "the table has no `case` column",
-                        "build it from one case_metrics() dict per case plus a `case` id")
+        raise DataError(
+            "per-case metrics",
+            "the table has no `case` column",
+            "build it from one case_metrics() dict per case plus a `case` id",
+        )
     metrics = [m for m in METRIC_COLUMNS if m in df.columns]
     if not metrics:
         raise DataError("per-case metrics", f"the table has none of the metric columns {list(METRIC_COLUMNS)}")
@@ -267,8 +280,11 @@ def _group_labels(df: pd.DataFrame, by: str) -> pd.Series:
         volumes = pd.to_numeric(df["lesion_ml"], errors="coerce").astype(float)
         return volumes.map(lesion_size_bin)
     if by not in df.columns:
-        raise DataError("summarize_by", f"the table has no column `{by}` to group by",
-                        f"choose one of {sorted(set(df.columns) - set(METRIC_COLUMNS))} or '{LESION_SIZE}'")
+        raise DataError(
+            "summarize_by",
+            f"the table has no column `{by}` to group by",
+            f"choose one of {sorted(set(df.columns) - set(METRIC_COLUMNS))} or '{LESION_SIZE}'",
+        )
     return df[by]
 
 
@@ -281,8 +297,7 @@ def _fmt(value: float, metric: str) -> str:
 def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], right_align: Iterable[int] = ()) -> str:
     """Markdown pipe table with every column padded to equal width (reads well as plain text)."""
     right = set(right_align)
-    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h))
-              for i, h in enumerate(header)]
+    widths = [max(len(str(h)), *(len(str(r[i])) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
 
     def line(cells: Sequence[str]) -> str:
         padded = [str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
@@ -306,8 +321,10 @@ def _summary_rows(table: pd.DataFrame, by: str | None) -> tuple[list[str], list[
 
 def _summary_markdown(df: pd.DataFrame, tables: list[tuple[str, pd.DataFrame]], title: str) -> str:
     lines = [f"# {title}" if title else "# Evaluation report", ""]
-    lines.append(f"{len(df)} cases. NaN values (metric undefined for the case, e.g. HD95 with one empty mask) "
-                 "are excluded from the statistics and counted in `n_nan`.")
+    lines.append(
+        f"{len(df)} cases. NaN values (metric undefined for the case, e.g. HD95 with one empty mask) "
+        "are excluded from the statistics and counted in `n_nan`."
+    )
     if "model" in df.columns and df["model"].nunique(dropna=False) > 1:
         lines.append("The table holds several models; `all` pools them - compare the `by model` table.")
     lines.append("")
@@ -373,8 +390,7 @@ def _plot_dice_vs_volume(df: pd.DataFrame, path: Path, title: str) -> Path:
     true_ml = pd.to_numeric(df["lesion_ml"], errors="coerce").to_numpy(dtype=float)
     from matplotlib.ticker import NullLocator
 
-    dice = pd.to_numeric(df["dice"], errors="coerce").to_numpy(dtype=float) if "dice" in df.columns \
-        else np.full(len(df), np.nan)
+    dice = pd.to_numeric(df["dice"], errors="coerce").to_numpy(dtype=float) if "dice" in df.columns else np.full(len(df), np.nan)
     fig = _new_figure()
     ax = fig.add_subplot()
     for name, sel in _series_by_model(df):

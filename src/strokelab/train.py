@@ -67,8 +67,11 @@ def train(cfg: DictConfig) -> float | None:
         ckpt_cb = trainer.checkpoint_callback
         best_ckpt = (ckpt_cb.best_model_path or ckpt_cb.last_model_path) if ckpt_cb else None
         score = trainer.callback_metrics.get("val/dice")
-        best_score = float(ckpt_cb.best_model_score) if ckpt_cb and ckpt_cb.best_model_score is not None else (
-            None if score is None else float(score))
+        best_score = (
+            float(ckpt_cb.best_model_score)
+            if ckpt_cb and ckpt_cb.best_model_score is not None
+            else (None if score is None else float(score))
+        )
         log.info("best checkpoint: %s (val/dice %s)", best_ckpt, best_score)
         if not trainer.is_global_zero:
             return best_score
@@ -80,8 +83,9 @@ def train(cfg: DictConfig) -> float | None:
         predictors["threshold"] = instantiate(cfg.model)
     else:
         if not best_ckpt:
-            raise ConfigError("test", "there is no checkpoint to test (train=false and no training run)",
-                              "use predict.py ckpt=... instead")
+            raise ConfigError(
+                "test", "there is no checkpoint to test (train=false and no training run)", "use predict.py ckpt=... instead"
+            )
         predictors[cfg.get("task_name", "model")] = NetworkPredictor.from_checkpoint(best_ckpt)
         if cfg.get("baseline") is not None:
             predictors["threshold"] = instantiate(cfg.baseline)
@@ -97,8 +101,10 @@ def train(cfg: DictConfig) -> float | None:
         for name, frame in tables.items():
             lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in ("dice", "lesion_f1", "avd_ml")})
         lg.finalize("success")
-    print(f"\nHeld-out fold {datamodule.fold} ({len(test_cases)} cases), native geometry:\n{table}\n"
-          f"per-case tables: {output_dir / 'test'}/*/metrics.csv")
+    print(
+        f"\nHeld-out fold {datamodule.fold} ({len(test_cases)} cases), native geometry:\n{table}\n"
+        f"per-case tables: {output_dir / 'test'}/*/metrics.csv"
+    )
     if best_ckpt:
         print(f"best checkpoint: {best_ckpt}")
     return best_score

@@ -50,19 +50,24 @@ def load_label(path: Path, reference: nib.Nifti1Image, affine_tol_mm: float = 1e
     """Read a lesion mask as ``> 0.5`` after checking it: readable, on the reference grid, values 0/1."""
     data, img = load_nifti(path, expect_3d=True)
     if data.shape != reference.shape[:3]:
-        raise DataError(path, f"shape {data.shape} differs from {ref_name} {reference.shape[:3]}",
-                        "resample the mask onto the images' grid")
+        raise DataError(
+            path, f"shape {data.shape} differs from {ref_name} {reference.shape[:3]}", "resample the mask onto the images' grid"
+        )
     if not _spatial_affine_close(img.affine, reference.affine, affine_tol_mm):
         diff = float(np.max(np.abs(img.affine - reference.affine)))
-        raise DataError(path, f"affine differs from {ref_name} by {diff:.3g} (tolerance {affine_tol_mm:g})",
-                        "register the mask or raise data.preprocess.affine_tol_mm")
+        raise DataError(
+            path,
+            f"affine differs from {ref_name} by {diff:.3g} (tolerance {affine_tol_mm:g})",
+            "register the mask or raise data.preprocess.affine_tol_mm",
+        )
     if not np.isfinite(data).all():
         raise DataError(path, "mask has NaN/Inf voxels", "fix the mask file")
     off = np.minimum(np.abs(data), np.abs(data - 1.0)) > LABEL_VALUE_TOL
     if off.any():
         values = np.unique(data[off])[:5]
-        raise DataError(path, f"mask has values other than 0/1 (e.g. {', '.join(f'{v:g}' for v in values)})",
-                        "give a binary lesion mask")
+        raise DataError(
+            path, f"mask has values other than 0/1 (e.g. {', '.join(f'{v:g}' for v in values)})", "give a binary lesion mask"
+        )
     return data > 0.5
 
 
@@ -104,14 +109,24 @@ def _inspect(case: Case, nan_policy: str, tol: float, stop_at_first: bool) -> tu
         if reference is None:
             reference, ref_path = img, path
         elif data.shape[:3] != reference.shape[:3]:
-            if problem(DataError(path, f"shape {data.shape[:3]} differs from {ref_path.name} {reference.shape[:3]}",
-                                 "resample the case's images onto one grid")):
+            if problem(
+                DataError(
+                    path,
+                    f"shape {data.shape[:3]} differs from {ref_path.name} {reference.shape[:3]}",
+                    "resample the case's images onto one grid",
+                )
+            ):
                 return problems, None
             continue
         elif not _spatial_affine_close(img.affine, reference.affine, tol):
             diff = float(np.max(np.abs(img.affine - reference.affine)))
-            if problem(DataError(path, f"affine differs from {ref_path.name} by {diff:.3g} (tolerance {tol:g})",
-                                 "register the images or raise data.preprocess.affine_tol_mm")):
+            if problem(
+                DataError(
+                    path,
+                    f"affine differs from {ref_path.name} by {diff:.3g} (tolerance {tol:g})",
+                    "register the images or raise data.preprocess.affine_tol_mm",
+                )
+            ):
                 return problems, None
             continue
         bad = ~np.isfinite(data)
@@ -155,7 +170,9 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3) -> None:
             try:
                 img = nib.load(str(path))
             except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
-                errors.append(DataError(path, f"unreadable or truncated image header ({type(exc).__name__})", "re-export or re-download it"))
+                errors.append(
+                    DataError(path, f"unreadable or truncated image header ({type(exc).__name__})", "re-export or re-download it")
+                )
                 continue
             want = 4 if modality in TIME_SERIES else 3
             ndim = len(img.shape) if not (len(img.shape) == 4 and img.shape[3] == 1) else 3
@@ -164,12 +181,22 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3) -> None:
             elif ref is None:
                 ref = (path, img)
             elif img.shape[:3] != ref[1].shape[:3]:
-                errors.append(DataError(path, f"shape {img.shape[:3]} differs from {ref[0].name} {ref[1].shape[:3]}",
-                                        "resample the case's images onto one grid"))
+                errors.append(
+                    DataError(
+                        path,
+                        f"shape {img.shape[:3]} differs from {ref[0].name} {ref[1].shape[:3]}",
+                        "resample the case's images onto one grid",
+                    )
+                )
             elif not _spatial_affine_close(img.affine, ref[1].affine, affine_tol_mm):
                 diff = float(np.max(np.abs(img.affine - ref[1].affine)))
-                errors.append(DataError(path, f"affine differs from {ref[0].name} by {diff:.3g} (tolerance {affine_tol_mm:g})",
-                                        "register the images"))
+                errors.append(
+                    DataError(
+                        path,
+                        f"affine differs from {ref[0].name} by {diff:.3g} (tolerance {affine_tol_mm:g})",
+                        "register the images",
+                    )
+                )
     if errors:
         raise errors[0] if len(errors) == 1 else DataSetError(errors)
 

@@ -9,8 +9,9 @@ out for validation and testing; the other folds train.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -37,7 +38,9 @@ def make_subject(entry: dict[str, Any], min_shape: Sequence[int] | None = None) 
             spec = (0, pad[2], 0, pad[1], 0, pad[0])
             image = torch.nn.functional.pad(image, spec)
             label = None if label is None else torch.nn.functional.pad(label, spec)
-    fields: dict[str, Any] = {m: tio.ScalarImage(tensor=image[i : i + 1], affine=affine) for i, m in enumerate(entry["modalities"])}
+    fields: dict[str, Any] = {
+        m: tio.ScalarImage(tensor=image[i : i + 1], affine=affine) for i, m in enumerate(entry["modalities"])
+    }
     if label is not None:
         fields["label"] = tio.LabelMap(tensor=label, affine=affine)
     fields["case"] = entry["case"]
@@ -117,8 +120,9 @@ class StrokeDataModule(L.LightningDataModule):
         train = [c for c in cases if c.fold != self.fold]
         test = [c for c in cases if c.fold == self.fold]
         if not train or not test:
-            raise DataError(root, f"fold {self.fold} leaves {len(train)} training and {len(test)} held-out cases",
-                            "check the fold file")
+            raise DataError(
+                root, f"fold {self.fold} leaves {len(train)} training and {len(test)} held-out cases", "check the fold file"
+            )
         return train, test
 
     # -- Lightning hooks ----------------------------------------------------------------------
@@ -165,4 +169,3 @@ class StrokeDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self.val_dataloader()
-

@@ -244,11 +244,7 @@ class PhantomConfig:
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
                 bad(name, f"is {lo_hi}", "give a range [lo, hi] with 0 <= lo <= hi")
-        if (
-            len(self.territory_weights) != 3
-            or min(self.territory_weights) < 0
-            or sum(self.territory_weights) <= 0
-        ):
+        if len(self.territory_weights) != 3 or min(self.territory_weights) < 0 or sum(self.territory_weights) <= 0:
             bad(
                 "territory_weights",
                 f"is {self.territory_weights}",
@@ -280,11 +276,7 @@ def case_files(case_index: int) -> dict[str, str]:
     cid = case_id(case_index)
     s1, s2 = f"derivatives/{cid}/ses-01", f"derivatives/{cid}/ses-02"
     # The real release uses two namings for the mask; every third case gets the one without space tag.
-    mask = (
-        f"{cid}_ses-02_lesion-msk.nii.gz"
-        if (case_index + 1) % 3 == 0
-        else f"{cid}_ses-02_space-ncct_lesion-msk.nii.gz"
-    )
+    mask = f"{cid}_ses-02_lesion-msk.nii.gz" if (case_index + 1) % 3 == 0 else f"{cid}_ses-02_space-ncct_lesion-msk.nii.gz"
     files = {
         "ncct": f"raw_data/{cid}/ses-01/{cid}_ses-01_ncct.nii.gz",
         "cta": f"{s1}/{cid}_ses-01_space-ncct_cta.nii.gz",
@@ -411,9 +403,7 @@ def _write_case(root: str, case_index: int, config: PhantomConfig) -> dict[str, 
     for key, img in case.images.items():
         save_nifti(img, root_path / files[key])
     tables = clinical_files(case_index)
-    atomic_write_text(
-        root_path / tables["demographic_baseline"], _csv_text(DEMOGRAPHIC_COLUMNS, [case.demographic])
-    )
+    atomic_write_text(root_path / tables["demographic_baseline"], _csv_text(DEMOGRAPHIC_COLUMNS, [case.demographic]))
     atomic_write_text(root_path / tables["outcome"], _csv_text(OUTCOME_COLUMNS, [case.outcome]))
     return case.truth
 
@@ -427,9 +417,7 @@ class _Case:
     demographic: dict[str, Any]
     outcome: dict[str, Any]
     truth: dict[str, Any]
-    hidden: dict[
-        str, Any
-    ]  # arrays/values not written (severity, vulnerability, fate thresholds): for validation
+    hidden: dict[str, Any]  # arrays/values not written (severity, vulnerability, fate thresholds): for validation
 
 
 def _rot_x(deg: float) -> np.ndarray:
@@ -468,9 +456,7 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_mm: fl
     sig = np.array([sigma_mm / s for s in spacing])
     factor = np.maximum(1, np.floor(sig / 2.0)).astype(int)
     coarse = tuple(int(np.ceil(n / f)) + 2 for n, f in zip(shape, factor))
-    field = ndimage.gaussian_filter(
-        rng.standard_normal(coarse, dtype=np.float32), sig / factor, mode="wrap", truncate=3.0
-    )
+    field = ndimage.gaussian_filter(rng.standard_normal(coarse, dtype=np.float32), sig / factor, mode="wrap", truncate=3.0)
     for axis, (n, f) in enumerate(zip(shape, factor)):
         if f == 1:
             field = np.take(field, np.arange(n), axis=axis)
@@ -605,9 +591,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     gz = ((np.arange(shape[2]) - ctr[2]) * spacing[2]).astype(np.float32)
     # Head pose inside the gantry: small yaw/roll and offset; the tilt itself is in the affine.
     pose = _rot_z(rng.uniform(-4, 4)) @ _rot_y(rng.uniform(-2.5, 2.5))
-    offset = np.array(
-        [rng.normal(0, 2.5), rng.normal(0, 3.0), _BRAIN_CENTRE_Z_GANTRY * k + rng.normal(0, 2.0)]
-    )
+    offset = np.array([rng.normal(0, 2.5), rng.normal(0, 3.0), _BRAIN_CENTRE_Z_GANTRY * k + rng.normal(0, 2.0)])
     rt = pose.T / k  # gantry -> nominal head frame (mm of a standard head)
     X = (
         rt[0, 0] * (gx[:, None, None] - offset[0])
@@ -679,11 +663,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     t_gm = np.maximum(_T_GM + 6.0 * np.clip(fold + 0.2, 0, None), 0.8 * vox_xy)
     tissue[brain_region & (dbrain < t_gm)] = GM
     sulc_thr = 1.1 - 0.5 * atrophy
-    tissue[
-        brain_region
-        & (fold > sulc_thr)
-        & (dbrain < 5.0 * (fold - sulc_thr) + 0.5 * vox_xy * (fold > sulc_thr + 0.3))
-    ] = CSF
+    tissue[brain_region & (fold > sulc_thr) & (dbrain < 5.0 * (fold - sulc_thr) + 0.5 * vox_xy * (fold > sulc_thr + 0.3))] = CSF
 
     # Midline and interhemispheric fissure (CSF lined by medial cortex), down to the callosum.
     mid0 = float(rng.normal(0, 1.0))
@@ -819,9 +799,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     hypo_ml, core_ml, pen_ml = hypo.sum() * vox_ml, core.sum() * vox_ml, penumbra.sum() * vox_ml
     # Deficit per ml of hypoperfusion: largest for the (language-dominant) left MCA.
     deficit_w = {"MCA": 1.15 if side == "L" else 1.0, "ACA": 0.75, "PCA": 0.6}[territory]
-    nihss_adm = int(
-        np.clip(round(0.5 + 5.5 * np.log1p(hypo_ml / 8.0) * deficit_w + rng.normal(0, 2.0)), 0, 42)
-    )
+    nihss_adm = int(np.clip(round(0.5 + 5.5 * np.log1p(hypo_ml / 8.0) * deficit_w + rng.normal(0, 2.0)), 0, 42))
     mrs_adm = int(np.clip(round(1.0 + nihss_adm / 6.0 + rng.normal(0, 0.6)), 0, 5))
     thrombolysis = int(onset_to_ct < 270 and rng.random() < 0.7)
     lvo = kind == "typical" and hypo_ml > 15
@@ -834,13 +812,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     else:
         ct_to_rep = None
     # Hidden reperfusion: treatment helps, delays hurt, chance matters (spontaneous recanalisation).
-    latent = (
-        -1.5
-        + 2.6 * thrombectomy
-        + 0.9 * thrombolysis
-        - 0.25 * np.log(onset_to_ct / 150.0)
-        + rng.normal(0, 0.9)
-    )
+    latent = -1.5 + 2.6 * thrombectomy + 0.9 * thrombolysis - 0.25 * np.log(onset_to_ct / 150.0) + rng.normal(0, 0.9)
     if ct_to_rep is not None:
         latent -= 0.012 * (ct_to_rep - 60.0)
     reperfusion = _sigmoid(latent)
@@ -893,11 +865,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     bone = tissue == BONE
     # Diploe in the middle of the calvarium (relative position 0..1 across the skull thickness).
     rel = np.clip((depth - t_scalp) / t_skull, 0, 1)
-    hu[bone] = (
-        HU_BONE_DIPLOE
-        + (HU_BONE_TABLE - HU_BONE_DIPLOE) * np.abs(2 * rel[bone] - 1) ** 0.7
-        + 60 * tex_hu[bone]
-    )
+    hu[bone] = HU_BONE_DIPLOE + (HU_BONE_TABLE - HU_BONE_DIPLOE) * np.abs(2 * rel[bone] - 1) ** 0.7 + 60 * tex_hu[bone]
     del rel, depth, tex_hu
     # Early ischaemic change: net water uptake makes the core hypodense, more so with time (~1.2 HU/h).
     hu -= min(1.2 * onset_to_ct / 60.0, 7.0) * _gauss(core, 0.7 * spacing.min() / spacing)
@@ -918,9 +886,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
         for a, b in itertools.pairwise(points):
             lo = np.minimum(a, b) - radius - 2 * vox_xy
             hi = np.maximum(a, b) + radius + 2 * vox_xy
-            sel = np.flatnonzero(
-                (px > lo[0]) & (px < hi[0]) & (py > lo[1]) & (py < hi[1]) & (pz > lo[2]) & (pz < hi[2])
-            )
+            sel = np.flatnonzero((px > lo[0]) & (px < hi[0]) & (py > lo[1]) & (py < hi[1]) & (pz > lo[2]) & (pz < hi[2]))
             if sel.size:
                 d = _segment_distance(px[sel], py[sel], pz[sel], a, b)
                 f = np.clip(0.5 + (radius - d) / vox_xy, 0, 1).astype(np.float32)
@@ -941,10 +907,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     # Superior sagittal sinus along the inner table in the midsagittal plane, then the straight sinus.
     ang = np.deg2rad(np.linspace(40, 215, 9))
     rin = semi[1:] - inner - 3.0
-    sss = [
-        np.array([0.0, _HEAD_CENTRE[1] + rin[0] * np.cos(a), _HEAD_CENTRE[2] + rin[1] * np.sin(a)])
-        for a in ang
-    ]
+    sss = [np.array([0.0, _HEAD_CENTRE[1] + rin[0] * np.cos(a), _HEAD_CENTRE[2] + rin[1] * np.sin(a)]) for a in ang]
     draw(sss, 3.0, "vein")
     draw([sss[-1], np.array([0.0, -30.0, 10.0])], 2.0, "vein")
     # Only the vessels inside the skull (not bone) get blood; the clot gets its own density.
@@ -953,9 +916,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
         frac[key] *= soft_or_brain
     vessel_total = np.clip(frac["artery"] + frac["occluded"] + frac["clot"] + frac["vein"], 0, 1)
     hu_flat = hu.ravel()  # a view
-    hu_flat[flat] = (
-        (1 - vessel_total) * hu_flat[flat] + vessel_total * HU_BLOOD + frac["clot"] * HU_CLOT_EXTRA
-    )
+    hu_flat[flat] = (1 - vessel_total) * hu_flat[flat] + vessel_total * HU_BLOOD + frac["clot"] * HU_CLOT_EXTRA
 
     # Arterial input function: gamma variate + a small, later, broader recirculation.
     aif_onset = rng.uniform(*cfg.aif_onset_s)
@@ -965,9 +926,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     rec_amp, rec_onset = rng.uniform(0.10, 0.18), t_peak + rng.uniform(5.0, 8.0)
 
     def aif(t: np.ndarray) -> np.ndarray:
-        return aif_peak * (
-            _gamma_variate(t, aif_onset, alpha, beta) + rec_amp * _gamma_variate(t, rec_onset, 3.0, 2.5)
-        )
+        return aif_peak * (_gamma_variate(t, aif_onset, alpha, beta) + rec_amp * _gamma_variate(t, rec_onset, 3.0, 2.5))
 
     frames = np.arange(cfg.n_frames, dtype=np.float64) * cfg.frame_interval_s
     # Lookup table of (AIF (x) h_tau (x) R_MTT)(t) on a fine time grid, for a grid of (tau, MTT):
@@ -981,9 +940,9 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     kernel = _dispersed_residue(t_fine[None, None, :], taus[:, None, None], mtts[None, :, None])
     nfft = 1 << int(np.ceil(np.log2(2 * n_fine)))
     table = (
-        np.fft.irfft(
-            np.fft.rfft(aif(t_fine), nfft)[None, None, :] * np.fft.rfft(kernel, nfft, axis=-1), nfft, axis=-1
-        )[..., :n_fine]
+        np.fft.irfft(np.fft.rfft(aif(t_fine), nfft)[None, None, :] * np.fft.rfft(kernel, nfft, axis=-1), nfft, axis=-1)[
+            ..., :n_fine
+        ]
         * dt
     )
     table = table.astype(np.float32).reshape(-1)
@@ -1011,9 +970,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
             t_fine,
             np.convolve(aif(t_fine), np.exp(-t_fine / 2.5) / 2.5)[:n_fine] * dt,
         )
-        vein = 1.1 * np.interp(
-            times - 5.0, t_fine, np.convolve(aif(t_fine), np.exp(-t_fine / 3.0) / 3.0)[:n_fine] * dt
-        )
+        vein = 1.1 * np.interp(times - 5.0, t_fine, np.convolve(aif(t_fine), np.exp(-t_fine / 3.0) / 3.0)[:n_fine] * dt)
         return (
             frac["artery"][:, None] * art[None, :]
             + frac["occluded"][:, None] * occl[None, :]
@@ -1160,9 +1117,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Write the strokelab digital stroke phantom in the ISLES 2024 layout.",
     )
     parser.add_argument("root", help="output folder (empty, new, or an earlier phantom data set)")
-    parser.add_argument(
-        "--cases", type=int, default=PhantomConfig.n_cases, help="number of cases (default 40)"
-    )
+    parser.add_argument("--cases", type=int, default=PhantomConfig.n_cases, help="number of cases (default 40)")
     parser.add_argument("--seed", type=int, default=PhantomConfig.seed, help="random seed (default 0)")
     parser.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     args = parser.parse_args(argv)

@@ -26,7 +26,7 @@ import torchio as tio
 
 from strokelab.data.check import LoadedCase, load_case
 from strokelab.data.layouts import TIME_SERIES, Case
-from strokelab.errors import ConfigError, DataError, DataSetError, StrokelabError
+from strokelab.errors import ConfigError, DataSetError, StrokelabError
 from strokelab.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -108,8 +108,12 @@ def resample_to_spacing(images: dict[str, np.ndarray], affine: np.ndarray, spaci
     if np.allclose(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0), spacing, rtol=1e-4):
         return images, np.asarray(affine)
     new_shape, new_affine = spacing_grid(shape, affine, spacing)
-    subject = tio.Subject({name: tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(a))[None], affine=affine)
-                           for name, a in images.items()})
+    subject = tio.Subject(
+        {
+            name: tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(a))[None], affine=affine)
+            for name, a in images.items()
+        }
+    )
     out = tio.Resample((new_shape, new_affine), image_interpolation="linear")(subject)
     return {name: out[name].data[0].numpy() for name in images}, new_affine
 
@@ -238,4 +242,3 @@ def prepare_cases(cases: list[Case], prep: Preprocessing, cache_dir, workers: in
     if errors:
         raise errors[0] if len(errors) == 1 else DataSetError(errors)
     return [entry for entry, _ in results]
-

@@ -122,9 +122,7 @@ def sliding_window_inference(
         raise ValueError(f"sliding_window_inference: image must be (B, C, X, Y, Z), got {tuple(image.shape)}")
     patch = tuple(int(p) for p in patch_size)
     if len(patch) != 3 or any(p < 1 for p in patch):
-        raise ValueError(
-            f"sliding_window_inference: patch_size must be 3 positive ints, got {list(patch_size)}"
-        )
+        raise ValueError(f"sliding_window_inference: patch_size must be 3 positive ints, got {list(patch_size)}")
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"sliding_window_inference: overlap must be in [0, 1), got {overlap}")
     if batch_size < 1:
@@ -164,9 +162,7 @@ def sliding_window_inference(
     for x0, y0, z0 in locations:
         weight_sum[x0 : x0 + patch[0], y0 : y0 + patch[1], z0 : z0 + patch[2]] += importance
 
-    flip_sets = [
-        tuple(a + 2 for a in combo) for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)
-    ]
+    flip_sets = [tuple(a + 2 for a in combo) for r in range(len(axes) + 1) for combo in itertools.combinations(axes, r)]
 
     def predict(windows: Tensor) -> Tensor:
         total: Tensor | None = None
@@ -192,10 +188,7 @@ def sliding_window_inference(
         for i in range(0, len(locations), batch_size):
             chunk = locations[i : i + batch_size]
             windows = torch.stack(
-                [
-                    image[b, :, x0 : x0 + patch[0], y0 : y0 + patch[1], z0 : z0 + patch[2]]
-                    for x0, y0, z0 in chunk
-                ]
+                [image[b, :, x0 : x0 + patch[0], y0 : y0 + patch[1], z0 : z0 + patch[2]] for x0, y0, z0 in chunk]
             ).to(device)
             preds = predict(windows) * importance
             if accum is None:
@@ -212,9 +205,7 @@ def sliding_window_inference(
             pads[2][0] : pads[2][0] + spatial[2],
         ]
         if result is None:
-            result = torch.empty(
-                (image.shape[0],) + tuple(accum.shape), dtype=torch.float32, device=out_device
-            )
+            result = torch.empty((image.shape[0],) + tuple(accum.shape), dtype=torch.float32, device=out_device)
         result[b] = accum.to(out_device)
     assert result is not None
     return result

@@ -55,9 +55,7 @@ class UNet3D(nn.Module):
         super().__init__()
         channels = [int(c) for c in channels]
         if in_channels < 1 or out_channels < 1:
-            raise ValueError(
-                f"UNet3D: in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}"
-            )
+            raise ValueError(f"UNet3D: in_channels and out_channels must be >= 1, got {in_channels}, {out_channels}")
         if not channels or any(c < 1 for c in channels):
             raise ValueError(f"UNet3D: channels must be a non-empty list of positive ints, got {channels}")
         if not 0.0 <= dropout < 1.0:
@@ -96,9 +94,7 @@ class UNet3D(nn.Module):
         self.decoder = nn.ModuleList()
         for level in range(n_down, 0, -1):
             stride = parsed[level - 1]
-            self.upsample.append(
-                nn.ConvTranspose3d(channels[level], channels[level - 1], kernel_size=stride, stride=stride)
-            )
+            self.upsample.append(nn.ConvTranspose3d(channels[level], channels[level - 1], kernel_size=stride, stride=stride))
             self.decoder.append(block(2 * channels[level - 1], channels[level - 1]))
 
         # Full-resolution 1x1x1 head, plus (with deep supervision) one auxiliary head per lower-resolution
@@ -106,9 +102,7 @@ class UNet3D(nn.Module):
         # its own name makes its checkpoint keys independent of ``deep_supervision``.
         self.head = nn.Conv3d(channels[0], out_channels, kernel_size=1)
         aux_levels = range(n_down, 1, -1) if deep_supervision else range(0)
-        self.ds_heads = nn.ModuleList(
-            nn.Conv3d(channels[level - 1], out_channels, kernel_size=1) for level in aux_levels
-        )
+        self.ds_heads = nn.ModuleList(nn.Conv3d(channels[level - 1], out_channels, kernel_size=1) for level in aux_levels)
 
         self.apply(init_weights)
 
@@ -127,8 +121,7 @@ class UNet3D(nn.Module):
             raise ValueError(f"UNet3D expects a 5D input (B, C, X, Y, Z), got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_channels:
             raise ValueError(
-                f"UNet3D was built for {self.in_channels} input channels, got {x.shape[1]} "
-                f"(input shape {tuple(x.shape)})"
+                f"UNet3D was built for {self.in_channels} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
             )
         spatial = tuple(x.shape[2:])
         div = self.required_divisor

@@ -7,7 +7,8 @@ validation metrics (logged as ``val/dice``, ``val/precision``, ``val/recall``, `
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -70,7 +71,11 @@ class SegmentationTask(L.LightningModule):
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.inference
         return sliding_window_inference(
-            self.net, x, patch_size=cfg["patch_size"], overlap=cfg["overlap"], batch_size=cfg["batch_size"],
+            self.net,
+            x,
+            patch_size=cfg["patch_size"],
+            overlap=cfg["overlap"],
+            batch_size=cfg["batch_size"],
             mirror_axes=tuple(cfg.get("mirror_axes") or ()),
         )
 
@@ -105,7 +110,10 @@ class SegmentationTask(L.LightningModule):
         optimizer = self.optimizer_factory(params=self.parameters())
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["strokelab"] = self.meta

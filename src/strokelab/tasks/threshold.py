@@ -22,8 +22,15 @@ RULES = ("tmax", "rcbf", "union", "intersection")
 class ThresholdBaseline:
     modalities = ("cbf", "tmax")
 
-    def __init__(self, rule: str = "union", tmax_s: float = 6.0, rcbf: float = 0.3, normal_tmax_s: float = 4.0,
-                 nan_policy: str = "error", affine_tol_mm: float = 1e-3):
+    def __init__(
+        self,
+        rule: str = "union",
+        tmax_s: float = 6.0,
+        rcbf: float = 0.3,
+        normal_tmax_s: float = 4.0,
+        nan_policy: str = "error",
+        affine_tol_mm: float = 1e-3,
+    ):
         if rule not in RULES:
             raise ConfigError("model.rule", f"'{rule}' is not one of {', '.join(RULES)}", "pick a threshold rule")
         self.rule, self.tmax_s, self.rcbf, self.normal_tmax_s = rule, float(tmax_s), float(rcbf), float(normal_tmax_s)
