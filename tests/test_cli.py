@@ -339,3 +339,21 @@ def test_default_pipeline_generates_the_phantom_and_trains_on_it(tmp_path):
     assert "| unet" in out.stdout and "| threshold" in out.stdout
     check = subprocess.run([sys.executable, "-m", "strokelab.data.check", str(root)], capture_output=True, text=True)
     assert check.returncode == 0 and "all usable" in check.stdout
+
+
+def test_training_resumes_from_a_checkpoint(trained, tmp_path):
+    root, run_dir, _ = trained
+    out = run(
+        "train.py",
+        *TINY,
+        "trainer.max_epochs=3",
+        "test=false",
+        f"data.root={root}",
+        f"paths.root_dir={tmp_path}",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={tmp_path / 'resumed'}",
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Restored all states" in out.stdout + out.stderr
+    log = pd.read_csv(next((tmp_path / "resumed" / "csv").rglob("metrics.csv")))
+    assert sorted(log["epoch"].dropna().unique()) == [2]  # epochs 0-1 came from the checkpoint

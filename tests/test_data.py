@@ -196,3 +196,24 @@ def test_to_native_round_trip_on_real_isles_geometry():
     back = to_native(entry["image"][0].numpy(), entry["affine"], entry["native_shape"], entry["native_affine"]) > 0.5
     dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())
     assert back.shape == truth.shape and dice > 0.9
+
+
+def test_clinical_xlsx_tables_are_read_with_normalised_names(tiny_root):
+    import pandas as pd
+
+    from strokelab.data.clinical import read_clinical
+
+    folder = tiny_root / "phenotype" / "sub-stroke0004"
+    (folder / "ses-01" / "sub-stroke0004_ses-01_demographic_baseline.csv").unlink()
+    pd.DataFrame([{"Age": 81, "Center": "B", "NIHSS at admission": 17}]).to_excel(
+        folder / "ses-01" / "sub-stroke0004_ses-01_demographic_baseline.xlsx", index=False
+    )
+    (folder / "ses-02").mkdir()
+    pd.DataFrame([{"mRS 3 months": 4}]).to_excel(folder / "ses-02" / "sub-stroke0004_ses-02_outcome.xlsx", index=False)
+    clinical = read_clinical(tiny_root, "sub-stroke0004")
+    assert clinical == {"age": 81, "centre": "B", "nihss_admission": 17, "mrs_3month": 4}
+    broken = folder / "ses-02" / "sub-stroke0004_ses-02_outcome.xlsx"
+    broken.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="unreadable clinical table") as err:
+        read_clinical(tiny_root, "sub-stroke0004")
+    assert "outcome.xlsx" in str(err.value)

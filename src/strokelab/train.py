@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from strokelab.errors import CheckpointError, ConfigError
+from strokelab.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 THRESHOLD_TARGET = "strokelab.tasks.threshold.ThresholdBaseline"
@@ -96,11 +97,13 @@ def train(cfg: DictConfig) -> float | None:
         tables[name] = evaluate_cases(predictor, test_cases, output_dir / "test" / name)
     table = comparison_table(tables)
     (output_dir / "test").mkdir(parents=True, exist_ok=True)
-    (output_dir / "test" / "comparison.md").write_text(table + "\n")
+    atomic_write_text(output_dir / "test" / "comparison.md", table + "\n")
     for lg in loggers:
         for name, frame in tables.items():
             lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in ("dice", "lesion_f1", "avd_ml")})
         lg.finalize("success")
+        if type(lg).__name__ == "WandbLogger":  # close the run now so the table below is the last output
+            lg.experiment.finish(quiet=True)
     print(
         f"\nHeld-out fold {datamodule.fold} ({len(test_cases)} cases), native geometry:\n{table}\n"
         f"per-case tables: {output_dir / 'test'}/*/metrics.csv"
