@@ -55,6 +55,18 @@ def write_case(
 
 
 @pytest.fixture
+def single_thread():
+    """One intra-op thread for tiny-tensor tests: on a shared 2-core CPU, thread hand-off dominates
+    microsecond-sized kernels and makes such tests up to 10x slower and erratic."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_root(tmp_path) -> Path:
     """Ten small synthetic cases in the ISLES'24 layout."""
     root = tmp_path / "isles"

@@ -11,14 +11,7 @@ from strokelab.losses import BCELoss, DeepSupervisionLoss, DiceCELoss, DiceLoss,
 BIG = 40.0  # sigmoid(+-40) is 0/1 in float32
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run these tiny-tensor tests on one intra-op thread: on a shared 2-core CPU, thread hand-off
-    dominates microsecond-sized kernels and makes the tests up to 10x slower and erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _random_mask(shape, p=0.3, seed=0):

@@ -13,14 +13,7 @@ from strokelab.nn.unet import UNet3D
 ANISO_STRIDES = [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Run these tiny-tensor tests on one intra-op thread: on a shared 2-core CPU, thread hand-off
-    dominates microsecond-sized kernels and makes the tests up to 10x slower and erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def n_params(model: nn.Module) -> int:
