@@ -46,6 +46,9 @@ def train(cfg: DictConfig) -> float | None:
     from strokelab.inference import NetworkPredictor
     from strokelab.report import comparison_table
 
+    # Lightning prints through its own handler and Hydra's root handler: keep Hydra's (console + train.log).
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():

@@ -58,9 +58,6 @@ class Case:
         value = self.clinical.get("centre")
         return None if value is None else str(value)
 
-    def reference(self) -> Path:
-        """The image whose grid a predicted mask must match: the first input modality."""
-        return next(iter(self.images.values()))
 
 
 def modality_path(root: Path, case_id: str, modality: str) -> Path:
