@@ -28,7 +28,7 @@ import tracemalloc
 
 import numpy as np
 
-from strokelab.perfusion.deconvolution import Deconvolver, DeconvolutionSettings
+from strokelab.perfusion.deconvolution import DeconvolutionSettings, Deconvolver
 from strokelab.perfusion.kudo import gamma_variate
 from strokelab.perfusion.maps import PerfusionSettings, compute_maps
 
@@ -115,7 +115,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[512, 512, 75])
     parser.add_argument("--frames", type=int, default=45)
     parser.add_argument("--methods", nargs="+", default=["bcsvd", "ssvd", "osvd", "tikhonov"])
-    parser.add_argument("--spatial-sigma-mm", type=float, default=2.0, help="also time bcSVD with this in-plane smoothing (0: skip)")
+    parser.add_argument(
+        "--spatial-sigma-mm", type=float, default=2.0, help="also time bcSVD with this in-plane smoothing (0: skip)"
+    )
     args = parser.parse_args()
     shape = tuple(args.shape)
     t0 = time.perf_counter()
@@ -129,7 +131,9 @@ def main() -> None:
 
     runs = [(m, PerfusionSettings().with_method(m)) for m in args.methods]
     if args.spatial_sigma_mm > 0:
-        runs.append((f"bcsvd + {args.spatial_sigma_mm:g} mm smoothing", PerfusionSettings(spatial_sigma_mm=args.spatial_sigma_mm)))
+        runs.append(
+            (f"bcsvd + {args.spatial_sigma_mm:g} mm smoothing", PerfusionSettings(spatial_sigma_mm=args.spatial_sigma_mm))
+        )
     results = []
     for name, settings in runs:
         gc.collect()
@@ -152,7 +156,8 @@ def main() -> None:
         f"bare products (brain voxels x {args.frames}) @ ({args.frames} x {2 * args.frames}) float32: {bare:.2f} s"
     )
     header = (
-        f"{'run':<30} {'total s':>8} {'Mvox/s':>7} {'x bare':>7} {'baseline':>9} {'mask':>6} {'aif':>6} {'maps':>6} {'extra GiB':>10}"
+        f"{'run':<30} {'total s':>8} {'Mvox/s':>7} {'x bare':>7} {'baseline':>9} {'mask':>6} {'aif':>6} {'maps':>6}"
+        f" {'extra GiB':>10}"
     )
     print(header)
     print("-" * len(header))

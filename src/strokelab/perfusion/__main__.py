@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 from strokelab.errors import StrokelabError
 from strokelab.perfusion.deconvolution import METHODS
@@ -48,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dt", type=float, help="frame interval in s (overrides the header)")
     parser.add_argument("--smooth-s", type=float, default=0.0, help="Gaussian temporal smoothing SD in s (default 0: none)")
     parser.add_argument(
-        "--spatial-sigma-mm", type=float, default=0.0, help="in-plane Gaussian smoothing SD in mm inside the brain (default 0: none)"
+        "--spatial-sigma-mm",
+        type=float,
+        default=0.0,
+        help="in-plane Gaussian smoothing SD in mm inside the brain (default 0: none)",
     )
     parser.add_argument("--vof", action="store_true", help="scale the AIF to the area of the venous output function")
     args = parser.parse_args(argv)
@@ -72,7 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             paths = write_outputs(result, img, args.out, stem)
         except OSError as exc:
-            raise StrokelabError(args.out, f"cannot write the outputs ({exc.strerror or type(exc).__name__})", "check the folder") from None
+            raise StrokelabError(
+                args.out, f"cannot write the outputs ({exc.strerror or type(exc).__name__})", "check the folder"
+            ) from None
     except StrokelabError as err:
         for line in str(err).splitlines():
             print(f"error: {line}", file=sys.stderr)

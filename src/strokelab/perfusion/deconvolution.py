@@ -47,6 +47,7 @@ from strokelab.errors import ConfigError, DataError
 METHODS = ("bcsvd", "ssvd", "osvd", "tikhonov")
 CIRCULANT_METHODS = ("bcsvd", "osvd")
 
+_OSVD_BLOCK = 2048
 _OSVD_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05, 0.10, ..., 0.95 as in Wu et al.
 
 
@@ -76,18 +77,24 @@ class DeconvolutionSettings:
         try:
             object.__setattr__(self, "osvd_thresholds", tuple(float(v) for v in self.osvd_thresholds))
         except (TypeError, ValueError):
-            raise ConfigError("perfusion.deconvolution.osvd_thresholds", f"is {self.osvd_thresholds!r}", "give a list of numbers") from None
+            raise ConfigError(
+                "perfusion.deconvolution.osvd_thresholds", f"is {self.osvd_thresholds!r}", "give a list of numbers"
+            ) from None
         if self.method not in METHODS:
             raise ConfigError("perfusion.deconvolution.method", f"is {self.method!r}", f"use one of {', '.join(METHODS)}")
         for name in ("ssvd_threshold", "bcsvd_threshold"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"perfusion.deconvolution.{name}", f"is {getattr(self, name)}", "use a fraction in [0, 1)")
         if self.osvd_oi <= 0:
-            raise ConfigError("perfusion.deconvolution.osvd_oi", f"is {self.osvd_oi}", "use a positive oscillation index, e.g. 0.035")
+            raise ConfigError(
+                "perfusion.deconvolution.osvd_oi", f"is {self.osvd_oi}", "use a positive oscillation index, e.g. 0.035"
+            )
         levels = self.osvd_thresholds
         if not levels or any(not 0.0 <= v < 1.0 for v in levels) or list(levels) != sorted(levels):
             raise ConfigError(
-                "perfusion.deconvolution.osvd_thresholds", f"is {levels}", "give ascending fractions in [0, 1), e.g. 0.05 ... 0.95"
+                "perfusion.deconvolution.osvd_thresholds",
+                f"is {levels}",
+                "give ascending fractions in [0, 1), e.g. 0.05 ... 0.95",
             )
         if self.tikhonov_lambda < 0:
             raise ConfigError("perfusion.deconvolution.tikhonov_lambda", f"is {self.tikhonov_lambda}", "use a non-negative value")
@@ -143,7 +150,9 @@ def circulant_matrix(aif: np.ndarray, dt: float, length: int | None = None) -> n
     a = np.asarray(aif, dtype=np.float64)
     length = 2 * a.size if length is None else int(length)
     if length < 2 * a.size:
-        raise ConfigError("perfusion.deconvolution", f"circulant length {length} < 2N = {2 * a.size}", "use at least twice the frames")
+        raise ConfigError(
+            "perfusion.deconvolution", f"circulant length {length} < 2N = {2 * a.size}", "use at least twice the frames"
+        )
     w = simpson_weights(a, length)
     i, j = np.indices((length, length))
     return dt * w[(i - j) % length]
@@ -214,6 +223,9 @@ class Deconvolver:
         # Each weight matrix maps curves (n, N) to residues (n, L): W = pinv[:, :N].T (the zero padding of the
         # curve multiplies the dropped columns).
         self.weights = [np.ascontiguousarray(p[:, :n].T, dtype=np.float32) for p in pinvs]
+        # oSVD: a level whose inverse equals the previous one's (same singular values kept) need not be tried.
+        self._same_as_prev = [False] + [bool(np.array_equal(a, b)) for a, b in zip(self.weights[:-1], self.weights[1:])]
+        self._osvd_weights: list[np.ndarray] | None = None
         j = np.arange(self.length)
         self.times = np.where(j < n, j, j - self.length if circulant else j) * self.dt
 
@@ -263,21 +275,42 @@ class Deconvolver:
             raise DataError("tissue curves", f"have shape {c.shape}", f"give (n, {self.n_frames}) curves, one per voxel")
         if self.method != "osvd":
             k = c2 @ self.weights[0]
-            level = np.full(c2.shape[0], self.levels[0], np.float32)
+            level = np.full(c2.shape[0], self.levels[0])
         else:
-            k, level = self._osvd(c2)
+            k = np.empty((c2.shape[0], self.length), np.float32)
+            level = np.empty(c2.shape[0])
+            for s in range(0, c2.shape[0], _OSVD_BLOCK):  # blocks small enough for the products to stay in cache
+                k[s : s + _OSVD_BLOCK], level[s : s + _OSVD_BLOCK] = self._osvd(c2[s : s + _OSVD_BLOCK])
         if single:
             k, level = k[0], level[0]
         return (k, level) if return_level else k
 
     def _osvd(self, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per curve the first level (least truncation) whose residue has OI < ``osvd_oi``. One product per
+        level tried, on the curves still open: ``c @ [W_l | W_l D2]`` gives the residue and its second
+        differences at once; levels that keep the same singular values as the previous one are skipped."""
+        if self._osvd_weights is None:
+            length = self.length
+            d2 = np.zeros((length, length - 2))  # k @ d2 = k[2:] - 2 k[1:-1] + k[:-2]
+            i = np.arange(length - 2)
+            d2[i, i], d2[i + 1, i], d2[i + 2, i] = 1.0, -2.0, 1.0
+            self._osvd_weights = [np.ascontiguousarray(np.hstack([w, w @ d2.astype(np.float32)])) for w in self.weights]
         out = np.empty((c.shape[0], self.length), np.float32)
-        level = np.empty(c.shape[0], np.float32)
+        level = np.empty(c.shape[0])
         todo = np.arange(c.shape[0])
         last = len(self.weights) - 1
-        for i, w in enumerate(self.weights):
-            k = (c if i == 0 else c[todo]) @ w
-            ok = np.ones(todo.size, bool) if i == last else oscillation_index(k) < self.settings.osvd_oi
+        limit = np.float32(self.settings.osvd_oi * self.length)
+        for i, w in enumerate(self._osvd_weights):
+            if i < last and self._same_as_prev[i]:
+                continue  # the identical residue was already rejected at the previous level
+            both = (c if todo.size == c.shape[0] else c[todo]) @ w
+            k = both[:, : self.length]
+            if i == last:
+                ok = np.ones(todo.size, bool)
+            else:
+                rough = np.abs(both[:, self.length :], out=both[:, self.length :]).sum(axis=1)
+                peak = k.max(axis=1)
+                ok = (peak > 0) & (rough < limit * peak)  # OI = rough / (L * peak) < osvd_oi
             out[todo[ok]] = k[ok]
             level[todo[ok]] = self.levels[i]
             todo = todo[~ok]
@@ -286,7 +319,9 @@ class Deconvolver:
         return out, level
 
 
-def deconvolve(curves: np.ndarray, aif: np.ndarray, dt: float, settings: DeconvolutionSettings | None = None, **changes) -> np.ndarray:
+def deconvolve(
+    curves: np.ndarray, aif: np.ndarray, dt: float, settings: DeconvolutionSettings | None = None, **changes
+) -> np.ndarray:
     """Scaled residues ``k`` (1/s) of ``curves`` (n, N) by ``aif`` (N,), sampled every ``dt`` s.
 
     ``changes`` override fields of ``settings`` (e.g. ``method="ssvd"``). See :class:`Deconvolver`.

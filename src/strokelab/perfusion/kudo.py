@@ -43,12 +43,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strokelab.data.phantom import HCT_LARGE_VESSEL, HCT_SMALL_VESSEL, RHO_TISSUE
+from strokelab.data.phantom import K_H, RHO_TISSUE
 from strokelab.perfusion.deconvolution import METHODS, oscillation_index
 from strokelab.perfusion.maps import CurveAnalyser, PerfusionSettings
 
 RESIDUES = ("exponential", "box", "linear")
-KH = (1.0 - HCT_LARGE_VESSEL) / (1.0 - HCT_SMALL_VESSEL)
+KH = K_H  # the phantom's haematocrit factor (1 - 0.45) / (1 - 0.25)
 TABLE_MAPS = ("cbf", "cbv", "mtt", "tmax", "ttp")
 _RELATIVE = ("cbf", "cbv", "mtt")  # bias as % of truth; Tmax and TTP in s
 
@@ -249,7 +249,10 @@ def format_tmax(rows: list[dict], residues: tuple[str, ...] = RESIDUES) -> str:
 
 def format_accuracy(rows: list[dict]) -> str:
     """Markdown table of :func:`accuracy_table`."""
-    head = "| method | noise (HU) | CBF bias % | CBF r | CBV bias % | CBV r | MTT bias % | MTT r | Tmax bias s | Tmax r | TTP bias s | TTP r | OI |"
+    head = (
+        "| method | noise (HU) | CBF bias % | CBF r | CBV bias % | CBV r | MTT bias % | MTT r"
+        " | Tmax bias s | Tmax r | TTP bias s | TTP r | OI |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for row in rows:
         cells = [row["method"], f"{row['noise_hu']:g}"]
@@ -286,13 +289,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{config.n_frames} frames every {config.dt:g} s; noise SD {list(config.noise_hu)} HU, {config.repeats} realisations "
         f"per noisy curve. Defaults: sSVD 0.2, bcSVD 0.1, oSVD OI 0.035, Tikhonov lambda 0.1 (x max singular value).\n"
     )
-    print("Accuracy (bias: mean % of truth for CBF/CBV/MTT, mean difference in s for Tmax/TTP; r: Pearson; "
-          "OI: mean oscillation index of the residues)\n")
+    print(
+        "Accuracy (bias: mean % of truth for CBF/CBV/MTT, mean difference in s for Tmax/TTP; r: Pearson; "
+        "OI: mean oscillation index of the residues)\n"
+    )
     print(format_accuracy(accuracy_table(config)))
     print("\nDelay sensitivity: mean CBF estimate / truth by tracer delay (noise-free)\n")
     print(format_delay(delay_table(config), config.delay))
     short = dataclasses.replace(config, mtt=tuple(m for m in config.mtt if m <= 4.0))
-    print(f"\nThe same for the short transit times only (MTT {list(short.mtt)} s, high flow), where sSVD's delay error is largest\n")
+    print(
+        f"\nThe same for the short transit times only (MTT {list(short.mtt)} s, high flow), where sSVD's delay error is largest\n"
+    )
     print(format_delay(delay_table(short), config.delay))
     print(
         "\nTmax (noise-free) against the true delay + residue peak, without and with bolus dispersion (residue "

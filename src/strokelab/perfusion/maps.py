@@ -15,7 +15,9 @@ Pipeline (:func:`compute_maps`), for a series ``I(x, y, z, t)`` in HU with frame
    the best ``aif_voxels`` are averaged.
 4. Optional **VOF scaling**: the AIF is scaled so that its area equals that of the venous output function
    (the late-peaking curves of largest area), which corrects partial-volume loss in small arteries.
-5. Optional **temporal smoothing**: Gaussian, ``smoothing_sigma_s`` in s, the same for AIF and tissue.
+5. Optional **smoothing**: temporal Gaussian, ``smoothing_sigma_s`` in s, the same for AIF and tissue;
+   in-plane spatial Gaussian, ``spatial_sigma_mm``, of the tissue enhancement only (normalised inside the
+   brain mask, vessels left out), since single CTP voxels are noisy.
 6. **Deconvolution and maps**, in chunks of ``chunk_voxels`` brain voxels with one matrix product per
    chunk (:class:`CurveAnalyser`, :mod:`strokelab.perfusion.deconvolution`).
 
@@ -46,7 +48,7 @@ from scipy import ndimage
 
 from strokelab.data.phantom import HCT_LARGE_VESSEL, HCT_SMALL_VESSEL, RHO_TISSUE
 from strokelab.errors import ConfigError, DataError
-from strokelab.perfusion.deconvolution import Deconvolver, DeconvolutionSettings
+from strokelab.perfusion.deconvolution import DeconvolutionSettings, Deconvolver
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class PerfusionSettings:
         (normalised convolution: no mixing with bone or air), SD in mm (0 = none). Not applied to the AIF.
         Raw CTP voxels are noisy (10-20 HU against a few HU of tissue enhancement); vendor software
         smooths too. Costs a pass over the brain's bounding box per frame.
+    vessel_hu: with spatial smoothing, voxels enhancing by more than this (HU) are vessels: they are left
+        out of their neighbours' smoothing (so arteries do not bleed into tissue) and keep their own curve.
     subframe_peaks: refine Tmax and TTP by a parabola through the peak and its neighbours (+-0.5 frame).
     mtt_max_s: MTT is clipped to [0, mtt_max_s]; None = the acquisition length ``N * dt``.
     bolus_rise_fraction: the bolus has arrived when a curve rose by this fraction of its peak enhancement.
@@ -90,6 +94,7 @@ class PerfusionSettings:
     hct_small_vessel: float = HCT_SMALL_VESSEL
     smoothing_sigma_s: float = 0.0
     spatial_sigma_mm: float = 0.0
+    vessel_hu: float = 120.0
     subframe_peaks: bool = True
     mtt_max_s: float | None = None
     bolus_rise_fraction: float = 0.1
@@ -102,7 +107,7 @@ class PerfusionSettings:
     aif_early_fraction: float = 0.25
     vof_scaling: bool = False
     vof_voxels: int = 3
-    chunk_voxels: int = 32768
+    chunk_voxels: int = 8192
 
     def __post_init__(self) -> None:
         if isinstance(self.deconvolution, dict):
@@ -121,6 +126,8 @@ class PerfusionSettings:
             bad("smoothing_sigma_s", "use 0 (no smoothing) or a positive SD in s")
         if self.spatial_sigma_mm < 0:
             bad("spatial_sigma_mm", "use 0 (no smoothing) or a positive SD in mm")
+        if not self.vessel_hu > 0:
+            bad("vessel_hu", "use a positive enhancement in HU, e.g. 120")
         if self.mtt_max_s is not None and not self.mtt_max_s > 0:
             bad("mtt_max_s", "use a positive time in s or None")
         if not 0 < self.bolus_rise_fraction < 1:
@@ -423,14 +430,18 @@ def global_curve(layout: _Layout, hu_range: tuple[float, float] = (-50.0, 150.0)
 def brain_mask(baseline: np.ndarray, settings: PerfusionSettings = PerfusionSettings()) -> np.ndarray:
     """Brain mask (3D bool) from a baseline (unenhanced) CT image in HU; axis 2 is the slice axis.
 
-    In-plane Gaussian smoothing (1 voxel) -> ``brain_hu`` range -> minus bone (> ``bone_hu``) and its in-plane
-    neighbours -> in-plane erosion by ``brain_erosion_vox`` -> largest 6-connected component -> grown back
-    by the same amount inside the range -> holes filled (3D, then per slice).
+    In-plane Gaussian smoothing (1 voxel; HU clipped to 100 HU around the range first) -> ``brain_hu``
+    range -> minus bone (> ``bone_hu``) and its in-plane neighbours -> in-plane erosion by
+    ``brain_erosion_vox`` -> largest 6-connected component -> grown back by the same amount inside the
+    range -> holes filled (3D, then per slice).
     """
     import cc3d
 
-    base = ndimage.gaussian_filter(np.asarray(baseline, dtype=np.float32), (1.0, 1.0, 0.0), mode="nearest", truncate=3.0)
     lo, hi = settings.brain_hu
+    # Clip before smoothing so that bone (~1000 HU) does not spill into the brain voxels next to it.
+    clipped = np.clip(np.asarray(baseline, dtype=np.float32), lo - 100.0, hi + 100.0)
+    base = ndimage.gaussian_filter(clipped, (1.0, 1.0, 0.0), mode="nearest", truncate=3.0)
+    del clipped
     cand = (base >= lo) & (base <= hi)
     inplane = ndimage.generate_binary_structure(3, 1)
     inplane[:, :, 0] = inplane[:, :, 2] = False
@@ -518,7 +529,8 @@ def _maps_smoothed(
     source: str,
 ) -> None:
     """Maps with in-plane smoothing of the enhancement inside the brain, slab by slab of slices:
-    ``smooth(dHU * brain) / smooth(brain)`` over the brain's in-plane bounding box."""
+    ``smooth(dHU * w) / smooth(w)`` over the brain's in-plane bounding box, with ``w`` the brain mask less
+    the vessels (peak enhancement > ``vessel_hu``), which keep their own curves."""
     n = layout.n_frames
     sig = (settings.spatial_sigma_mm / float(spacing[0]), settings.spatial_sigma_mm / float(spacing[1]))
     xs, ys = np.flatnonzero(brain.any(axis=(1, 2))), np.flatnonzero(brain.any(axis=(0, 2)))
@@ -535,12 +547,22 @@ def _maps_smoothed(
             continue
         block = np.array(layout.series[x0:x1, y0:y1, z0:z1, :], dtype=np.float32, order="C")
         block -= baseline[x0:x1, y0:y1, z0:z1, None]
-        block *= mask[..., None]
+        raw = block[mask]  # (m, N) unsmoothed enhancement of the brain voxels
+        if not np.isfinite(raw).all():
+            raise DataError(source, "contains NaN or Inf values", "re-export the series")
+        vessel = raw.max(axis=1) > settings.vessel_hu
+        weight = mask.copy()
+        weight[mask] = ~vessel
+        block *= weight[..., None]
         block = ndimage.gaussian_filter(block, (sig[0], sig[1], 0.0, 0.0), mode="constant", truncate=3.0)
-        norm = ndimage.gaussian_filter(mask.astype(np.float32), (sig[0], sig[1], 0.0), mode="constant", truncate=3.0)
+        norm = ndimage.gaussian_filter(weight.astype(np.float32), (sig[0], sig[1], 0.0), mode="constant", truncate=3.0)
         curves = block[mask]
         del block
-        curves /= np.maximum(norm[mask], 1e-6)[:, None]
+        norm_m = norm[mask]
+        curves /= np.maximum(norm_m, 1e-6)[:, None]
+        keep_raw = vessel | (norm_m < 1e-3)  # vessels, and voxels with no tissue neighbour
+        curves[keep_raw] = raw[keep_raw]
+        del raw
         values = {name: np.empty(curves.shape[0], np.float32) for name in MAP_NAMES}
         for s in range(0, curves.shape[0], step):
             part = analyser(curves[s : s + step])
@@ -588,7 +610,9 @@ def compute_maps(
 
     series = np.asarray(series)
     if series.ndim != 4:
-        raise DataError(source, f"is {series.ndim}D with shape {series.shape}, expected a 4D series (time last)", "give the 4D CTP")
+        raise DataError(
+            source, f"is {series.ndim}D with shape {series.shape}, expected a 4D series (time last)", "give the 4D CTP"
+        )
     n = series.shape[3]
     if n < MIN_FRAMES:
         raise DataError(source, f"has {n} frames", f"give a CTP series with at least {MIN_FRAMES} frames")
@@ -616,7 +640,8 @@ def compute_maps(
     if not brain_m.any():
         raise DataError(
             source,
-            f"no brain found (no connected region of {settings.brain_hu[0]:g}-{settings.brain_hu[1]:g} HU in the pre-bolus frames)",
+            f"no brain found (no connected region of {settings.brain_hu[0]:g}-{settings.brain_hu[1]:g} HU"
+            " in the pre-bolus frames)",
             "check that the series is a head CTP in HU (rescale slope/intercept applied) or give a brain mask",
         )
     idx = layout.indices(brain_m)
@@ -627,10 +652,11 @@ def compute_maps(
     vof = None
     peak = None
     if aif_curve is not None:
-        aif = np.asarray(aif_curve, dtype=np.float64).ravel()
-        if aif.size != n:
-            raise DataError("AIF curve", f"has {aif.size} samples, the series {n} frames", "give one value per frame")
-        aif = aif - aif[:n_base].mean()
+        raw_aif = np.asarray(aif_curve, dtype=np.float64).ravel()
+        if raw_aif.size != n:
+            raise DataError("AIF curve", f"has {raw_aif.size} samples, the series {n} frames", "give one value per frame")
+        if not np.isfinite(raw_aif).all():
+            raise DataError("AIF curve", "contains NaN or Inf", "give finite values")
     else:
         if aif_mask is not None:
             aif_idx = layout.indices(np.asarray(aif_mask) > 0.5)
@@ -648,13 +674,13 @@ def compute_maps(
             if best.size == 0:
                 raise DataError(source, "no enhancing voxel found for the AIF", "check the series or give --aif-mask")
             aif_idx = cand[best]
-        raw_aif = layout.gather(aif_idx).mean(axis=0)
-        # The baseline ends before the AIF's own arrival too (arteries enhance before the global curve).
-        n_aif = baseline_frame_count(raw_aif, settings.bolus_rise_fraction)
-        if n_aif < n_base:
-            n_base = n_aif
-            baseline = layout.frame_mean(n_base)
-        aif = raw_aif - raw_aif[:n_base].mean()
+        raw_aif = layout.gather(aif_idx).mean(axis=0).astype(np.float64)
+    # The baseline ends before the AIF's own arrival too (arteries enhance before the global curve).
+    n_aif = baseline_frame_count(raw_aif, settings.bolus_rise_fraction)
+    if n_aif < n_base:
+        n_base = n_aif
+        baseline = layout.frame_mean(n_base)
+    aif = raw_aif - raw_aif[:n_base].mean()
     if not aif.max() > 0:
         raise DataError(
             aif_source if aif_mask is not None else source, "the AIF does not enhance", "choose voxels inside a feeding artery"
@@ -684,6 +710,7 @@ def compute_maps(
     # 5-6. Maps, chunk by chunk (or slab by slab with spatial smoothing).
     analyser = CurveAnalyser(aif, dt, settings)
     order = layout.order
+    check_finite = bool(np.issubdtype(series.dtype, np.floating))
     maps = {name: np.zeros(shape, np.float32, order=order) for name in MAP_NAMES}
     if settings.spatial_sigma_mm > 0:
         _maps_smoothed(layout, baseline, brain_m, analyser, maps, settings, spacing, source)
@@ -693,6 +720,8 @@ def compute_maps(
         for s in range(0, idx.size, step):
             part = idx[s : s + step]
             curves = layout.gather(part)
+            if check_finite and not np.isfinite(curves).all():
+                raise DataError(source, "contains NaN or Inf values", "re-export the series")
             curves -= base_flat[part][:, None]
             values = analyser(curves)
             for name in MAP_NAMES:
@@ -745,7 +774,9 @@ def load_ctp(path: str | Path, dt: float | None = None) -> tuple[np.ndarray, nib
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(path, f"unreadable or truncated image ({type(exc).__name__})", "re-export or re-download it") from None
     if series.ndim != 4:
-        raise DataError(path, f"is {series.ndim}D with shape {series.shape}, expected a 4D CTP series (time last)", "give the 4D series")
+        raise DataError(
+            path, f"is {series.ndim}D with shape {series.shape}, expected a 4D CTP series (time last)", "give the 4D series"
+        )
     if series.shape[3] < MIN_FRAMES:
         raise DataError(path, f"has {series.shape[3]} frames", f"give a CTP series with at least {MIN_FRAMES} frames")
     if dt is None:
