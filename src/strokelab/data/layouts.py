@@ -59,7 +59,6 @@ class Case:
         return None if value is None else str(value)
 
 
-
 def modality_path(root: Path, case_id: str, modality: str) -> Path:
     """Expected path of one modality of one case (whether or not it exists)."""
     if modality not in ISLES24_FILES:

@@ -476,7 +476,7 @@ def _gauss(x: np.ndarray, sigma_vox) -> np.ndarray:
     return ndimage.gaussian_filter(x.astype(np.float32, copy=False), sigma_vox, mode="nearest", truncate=3.0)
 
 
-def _gamma_variate(t: np.ndarray, t0: float, alpha: float, beta: float) -> np.ndarray:
+def gamma_variate(t: np.ndarray, t0: float, alpha: float, beta: float) -> np.ndarray:
     """Gamma variate with peak value 1 at ``t0 + alpha*beta`` (0 before ``t0``)."""
     x = np.clip((t - t0) / (alpha * beta), 0.0, None)
     return x**alpha * np.exp(alpha * (1.0 - x))
@@ -926,7 +926,7 @@ def _simulate_case(case_index: int, cfg: PhantomConfig) -> _Case:
     rec_amp, rec_onset = rng.uniform(0.10, 0.18), t_peak + rng.uniform(5.0, 8.0)
 
     def aif(t: np.ndarray) -> np.ndarray:
-        return aif_peak * (_gamma_variate(t, aif_onset, alpha, beta) + rec_amp * _gamma_variate(t, rec_onset, 3.0, 2.5))
+        return aif_peak * (gamma_variate(t, aif_onset, alpha, beta) + rec_amp * gamma_variate(t, rec_onset, 3.0, 2.5))
 
     frames = np.arange(cfg.n_frames, dtype=np.float64) * cfg.frame_interval_s
     # Lookup table of (AIF (x) h_tau (x) R_MTT)(t) on a fine time grid, for a grid of (tau, MTT):

@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from strokelab.data.phantom import K_H, RHO_TISSUE
+from strokelab.data.phantom import gamma_variate as phantom_gamma_variate
 from strokelab.perfusion.deconvolution import METHODS, oscillation_index
 from strokelab.perfusion.maps import CurveAnalyser, PerfusionSettings
 
@@ -95,8 +96,7 @@ class KudoPhantom:
 
 def gamma_variate(t: np.ndarray, t0: float, alpha: float, beta: float, peak: float = 1.0) -> np.ndarray:
     """Gamma variate with value ``peak`` at ``t0 + alpha * beta`` and 0 before ``t0`` (the phantom's form)."""
-    x = np.clip((np.asarray(t, dtype=np.float64) - t0) / (alpha * beta), 0.0, None)
-    return peak * x**alpha * np.exp(alpha * (1.0 - x))
+    return peak * phantom_gamma_variate(np.asarray(t, dtype=np.float64), t0, alpha, beta)
 
 
 def gamma_variate_area(alpha: float, beta: float, peak: float = 1.0) -> float:
