@@ -99,7 +99,6 @@ def train(cfg: DictConfig) -> float | None:
         log.info("testing %s on %d held-out cases (fold %d)", name, len(test_cases), datamodule.fold)
         tables[name] = evaluate_cases(predictor, test_cases, output_dir / "test" / name)
     table = comparison_table(tables)
-    (output_dir / "test").mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / "test" / "comparison.md", table + "\n")
     for lg in loggers:
         for name, frame in tables.items():
