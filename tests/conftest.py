@@ -73,3 +73,36 @@ def tiny_root(tmp_path) -> Path:
     for i in range(10):
         write_case(root, f"sub-stroke{i + 1:04d}", nihss=i * 2, seed=i, label_naming="space-ncct" if i % 3 else "plain")
     return root
+
+
+def write_ctp(root: Path, cid: str, frames: int = 16, dt: float = 2.0, affine=None, missing: tuple[int, ...] = ()) -> Path:
+    """A 4D CTP (HU, time last) for a case written by ``write_case``: a bright skull ring, and in the brain a
+    gamma-variate bolus that arrives later where the case's Tmax map is larger. ``missing`` frames are NaN."""
+    ses1 = root / "derivatives" / cid / "ses-01"
+    tmax_img = nib.load(ses1 / "perfusion-maps" / f"{cid}_ses-01_space-ncct_tmax.nii.gz")
+    tmax = np.asarray(tmax_img.dataobj, dtype=np.float32)
+    shape = tmax.shape
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    radius = np.sqrt((grid**2).sum(0))
+    brain = tmax != 0
+    hu = np.where(brain, 35.0, np.where(radius < 1.0, 1000.0, np.where(radius < 1.15, 30.0, -1000.0)))
+    t = np.arange(frames) * dt
+    shift = np.clip(t[None, None, None, :] - 4.0 - tmax[..., None], 0, None)
+    bolus = 40.0 * (shift / 4.0) ** 2 * np.exp(2.0 - shift / 2.0)
+    series = (hu[..., None] + np.where(brain[..., None], bolus, 0.0)).astype(np.float32)
+    for m in missing:
+        series[..., m] = np.nan
+    affine = tmax_img.affine if affine is None else affine
+    img = nib.Nifti1Image(series, affine)
+    img.header.set_zooms((*np.linalg.norm(affine[:3, :3], axis=0), dt))
+    path = ses1 / f"{cid}_ses-01_space-ncct_ctp.nii.gz"
+    nib.save(img, path)
+    return path
+
+
+@pytest.fixture
+def ctp_root(tiny_root) -> Path:
+    """``tiny_root`` with a CTP series per case (the Tmax regression task's input)."""
+    for i in range(10):
+        write_ctp(tiny_root, f"sub-stroke{i + 1:04d}")
+    return tiny_root

@@ -5,6 +5,11 @@ list, the preprocessing and the inference settings (see ``train``), so ``predict
 other config. The prediction is made on the preprocessed grid with Gaussian-weighted sliding windows
 (optionally mirrored), the probability is resampled linearly onto the native grid and thresholded, and
 the mask is written with exactly the reference image's shape and affine (header copied, uint8 0/1).
+
+A regression checkpoint (e.g. Tmax from the raw CTP) predicts a map in its units instead: 0 outside the
+input's brain mask, clipped to the trained value range, resampled linearly to the native grid and written
+as float32 with the reference header. Its reference grid is the case's target map when one exists (so the
+prediction lies exactly on it), else the input's.
 """
 
 from __future__ import annotations
@@ -42,8 +47,12 @@ class NetworkPredictor:
         threshold: float = 0.5,
         device: torch.device | str | None = None,
         label: str = "model",
+        target: str | None = None,
+        value_range: tuple[float, float] | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
+        self.target = target  # regression: the predicted map's modality (e.g. tmax); None: segmentation
+        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
         self.net = net.to(self.device).eval()
         self.modalities, self.prep, self.inference, self.threshold, self.label = (
             list(modalities),
@@ -75,7 +84,7 @@ class NetworkPredictor:
             ) from None
         meta = ckpt.get("strokelab") if isinstance(ckpt, dict) else None
         if not meta or "state_dict" not in ckpt:
-            raise CheckpointError(path, "is not a strokelab segmentation checkpoint", "give a .ckpt written by train.py")
+            raise CheckpointError(path, "is not a strokelab checkpoint", "give a .ckpt written by train.py")
         cfg = OmegaConf.create(OmegaConf.to_container(net_cfg, resolve=True) if net_cfg is not None else meta["net"])
         net = instantiate(cfg)
         state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
@@ -91,15 +100,36 @@ class NetworkPredictor:
             ) from None
         prep = Preprocessing.from_config(meta["preprocess"])
         settings = {**meta["inference"], **dict(inference or {})}
-        return cls(net, meta["modalities"], prep, settings, meta.get("threshold", 0.5), device, label=meta.get("name", path.stem))
+        return cls(
+            net,
+            meta["modalities"],
+            prep,
+            settings,
+            meta.get("threshold", 0.5),
+            device,
+            label=meta.get("name", path.stem),
+            target=meta.get("target"),
+            value_range=meta.get("value_range"),
+        )
+
+    @property
+    def task(self) -> str:
+        return "segmentation" if self.target is None else "regression"
 
     @torch.no_grad()
     def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]:
-        """Lesion probability in the case's native grid, and the reference image of that grid."""
+        """Lesion probability (or the regression map) in the case's native grid, and the grid's reference image."""
         t0 = time.perf_counter()
         images = {m: case.images.get(m) or modality_path(case.root, case.id, m) for m in self.modalities}
-        loaded = load_case(Case(case.id, case.root, images, None), self.prep.nan_policy, self.prep.affine_tol_mm)
-        entry = preprocess_loaded(loaded, self.prep)
+        target = None
+        if self.target is not None:
+            target_path = case.images.get(self.target) or modality_path(case.root, case.id, self.target)
+            if Path(target_path).exists():  # read for its grid only: the prediction goes onto it
+                target, images = self.target, {self.target: target_path, **images}
+        loaded = load_case(
+            Case(case.id, case.root, images, None), self.prep.nan_policy, self.prep.affine_tol_mm, self.prep.max_missing_frames
+        )
+        entry = preprocess_loaded(loaded, self.prep, target)
         t1 = time.perf_counter()
         x = entry["image"][None].to(self.device)
         cfg = self.inference
@@ -112,7 +142,15 @@ class NetworkPredictor:
                 batch_size=cfg["batch_size"],
                 mirror_axes=tuple(cfg.get("mirror_axes") or ()),
             )
-        prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+        if self.target is None:
+            prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
+        else:
+            values = logits.float()[0, 0].cpu()
+            if entry.get("brain") is not None:
+                values = values * entry["brain"][0]
+            if self.value_range is not None:
+                values = values.clamp(*self.value_range)
+            prob = values.numpy()
         t2 = time.perf_counter()
         native = to_native(prob, entry["affine"], entry["native_shape"], entry["native_affine"])
         t3 = time.perf_counter()

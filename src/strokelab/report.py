@@ -2,7 +2,8 @@
 
 Input everywhere is a per-case table (``pandas.DataFrame``) with one row per case: a ``case``
 column plus the columns of :data:`strokelab.metrics.METRIC_COLUMNS` (as returned by
-:func:`strokelab.metrics.case_metrics`), and optionally
+:func:`strokelab.metrics.case_metrics`) or, for a regression run, of
+:data:`strokelab.metrics.REGRESSION_COLUMNS`, and optionally
 
 * ``fold``, ``centre``: groupings for :func:`summarize_by`;
 * ``lesion_ml``: true lesion volume in ml (binned by :func:`summarize_by` with
@@ -26,7 +27,10 @@ import pandas as pd
 
 from strokelab.errors import DataError
 from strokelab.io import atomic_path, atomic_write_text
-from strokelab.metrics import METRIC_COLUMNS
+from strokelab.metrics import METRIC_COLUMNS as SEGMENTATION_COLUMNS
+from strokelab.metrics import REGRESSION_COLUMNS
+
+METRIC_COLUMNS = SEGMENTATION_COLUMNS + REGRESSION_COLUMNS  # a table holds one kind or the other
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75", "n", "n_nan")
 """Statistic columns of :func:`summarize` (``std`` is the sample std, ddof=1)."""
@@ -53,6 +57,10 @@ _DECIMALS = {
     "lesion_count_diff": 2,
     "hd95_mm": 2,
     "assd_mm": 2,
+    "mse": 3,
+    "mae": 3,
+    "ssim": 3,
+    "psnr": 2,
 }
 
 
@@ -455,7 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     for model, table in tables.items():
         write_report(table, Path(args.run_dir) / "summary" / model, title=f"{model}, pooled held-out folds")
-    print(comparison_table(tables))
+    regression = all(set(REGRESSION_COLUMNS) <= set(t.columns) for t in tables.values())
+    print(comparison_table(tables, **({"metrics": REGRESSION_COLUMNS} if regression else {})))
     print(f"reports: {Path(args.run_dir) / 'summary'}/<model>/summary.md")
     return 0
 

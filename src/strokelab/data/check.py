@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODALITIES = ("cbf", "cbv", "mtt", "tmax")
 LABEL_VALUE_TOL = 1e-3
+DEFAULT_MAX_MISSING_FRAMES = 0.05  # Stanford report: up to 5 % of a series may be zero-filled
 
 
 @dataclass
@@ -44,6 +45,66 @@ class LoadedCase:
 
 def _spatial_affine_close(a: np.ndarray, b: np.ndarray, tol: float) -> bool:
     return bool(np.max(np.abs(a - b)) <= tol)
+
+
+def spatial_reference(img: nib.Nifti1Image) -> nib.Nifti1Image:
+    """A 3D image with the spatial header of ``img`` (a 4D series gives its first frame's grid)."""
+    if len(img.shape) == 3:
+        return img
+    header = img.header.copy()
+    header.set_data_shape(img.shape[:3])
+    return nib.Nifti1Image(np.zeros(img.shape[:3], np.uint8), img.affine, header=header)
+
+
+def geometry_problem(
+    path: Path, img: nib.Nifti1Image, ref_path: Path, ref: nib.Nifti1Image, tol: float, series: bool
+) -> tuple[DataError | None, str | None]:
+    """(error, warning) of an image against a case's reference grid.
+
+    A 4D series on the same voxel grid (shape and voxel sizes) whose affine alone differs is taken to lie on
+    the reference grid, with a warning: ISLES'24 writes its CTP headers without the gantry tilt and with
+    another origin, while the CTP voxels are registered to the maps (shared/seeds/000, section 3.2).
+    """
+    if img.shape[:3] != ref.shape[:3]:
+        return DataError(
+            path,
+            f"shape {img.shape[:3]} differs from {ref_path.name} {ref.shape[:3]}",
+            "resample the case's images onto one grid",
+        ), None
+    if _spatial_affine_close(img.affine, ref.affine, tol):
+        return None, None
+    diff = float(np.max(np.abs(img.affine - ref.affine)))
+    zooms, ref_zooms = np.asarray(img.header.get_zooms()[:3]), np.asarray(ref.header.get_zooms()[:3])
+    if series and np.allclose(zooms, ref_zooms, atol=tol):
+        return None, f"{path}: affine differs from {ref_path.name} by {diff:.3g} on the same voxel grid; read on the grid of {ref_path.name}"
+    return DataError(
+        path,
+        f"affine differs from {ref_path.name} by {diff:.3g} (tolerance {tol:g})",
+        "register the images or raise data.preprocess.affine_tol_mm",
+    ), None
+
+
+def fill_missing_frames(data: np.ndarray, path: Path, max_missing: float) -> tuple[np.ndarray, str | None]:
+    """Zero-fill the frames of a 4D series that hold no finite value or only zeros (dropped at export).
+
+    As in the Stanford report (shared/seeds/001, IV.A): a series may miss at most ``max_missing`` of its frames.
+    """
+    missing = np.zeros(data.shape[-1], bool)
+    for t in range(data.shape[-1]):  # frame by frame: no full-size temporary for an ISLES-sized series
+        frame = data[..., t]
+        finite = np.isfinite(frame)
+        missing[t] = not finite.any() or not np.any(frame[finite])
+    n = int(missing.sum())
+    if n == 0:
+        return data, None
+    if n > max_missing * data.shape[-1]:
+        raise DataError(
+            path,
+            f"{n} of {data.shape[-1]} frames are missing (all NaN or all 0); at most {max_missing:.0%} may be zero-filled",
+            "re-export the series or raise data.preprocess.max_missing_frames",
+        )
+    data[..., missing] = 0.0
+    return data, f"{path}: zero-filled {n} missing frame(s) {np.flatnonzero(missing).tolist()}"
 
 
 def load_label(path: Path, reference: nib.Nifti1Image, affine_tol_mm: float = 1e-3, ref_name: str = "the images") -> np.ndarray:
@@ -71,84 +132,89 @@ def load_label(path: Path, reference: nib.Nifti1Image, affine_tol_mm: float = 1e
     return data > 0.5
 
 
-def load_case(case: Case, nan_policy: str = "error", affine_tol_mm: float = 1e-3) -> LoadedCase:
+def load_case(
+    case: Case, nan_policy: str = "error", affine_tol_mm: float = 1e-3, max_missing_frames: float = DEFAULT_MAX_MISSING_FRAMES
+) -> LoadedCase:
     """Read and check one case. Raises DataError on the first problem (see ``check_case`` for all)."""
-    problems, loaded = _inspect(case, nan_policy, affine_tol_mm, stop_at_first=True)
+    problems, loaded = _inspect(case, nan_policy, affine_tol_mm, max_missing_frames, stop_at_first=True)
     if problems:
         raise problems[0]
     assert loaded is not None
     return loaded
 
 
-def check_case(case: Case, nan_policy: str = "error", affine_tol_mm: float = 1e-3) -> list[DataError]:
+def check_case(
+    case: Case, nan_policy: str = "error", affine_tol_mm: float = 1e-3, max_missing_frames: float = DEFAULT_MAX_MISSING_FRAMES
+) -> list[DataError]:
     """All problems of one case (empty list: the case is usable)."""
-    problems, _ = _inspect(case, nan_policy, affine_tol_mm, stop_at_first=False)
+    problems, _ = _inspect(case, nan_policy, affine_tol_mm, max_missing_frames, stop_at_first=False)
     return problems
 
 
-def _inspect(case: Case, nan_policy: str, tol: float, stop_at_first: bool) -> tuple[list[DataError], LoadedCase | None]:
+def reference_modality(modalities) -> str | None:
+    """The modality whose grid a case is checked against: the first 3D one (else the first series)."""
+    modalities = list(modalities)
+    return next((m for m in modalities if m not in TIME_SERIES), modalities[0] if modalities else None)
+
+
+def _inspect(
+    case: Case, nan_policy: str, tol: float, max_missing: float, stop_at_first: bool
+) -> tuple[list[DataError], LoadedCase | None]:
     if nan_policy not in {"error", "replace"}:
         raise DataError(None, f"nan_policy must be 'error' or 'replace', not '{nan_policy}'", "fix data.preprocess.nan_policy")
     problems: list[DataError] = []
-    images: dict[str, np.ndarray] = {}
     warnings: list[str] = []
-    reference: nib.Nifti1Image | None = None
-    ref_path: Path | None = None
-
-    def problem(err: DataError) -> bool:
-        problems.append(err)
-        return stop_at_first
-
+    read: dict[str, tuple[Path, np.ndarray, nib.Nifti1Image]] = {}
     for modality, path in case.images.items():
         try:
             data, img = load_nifti(path, expect_3d=modality not in TIME_SERIES)
         except DataError as err:
-            if problem(err):
+            problems.append(err)
+            if stop_at_first:
                 return problems, None
             continue
-        if reference is None:
-            reference, ref_path = img, path
-        elif data.shape[:3] != reference.shape[:3]:
-            if problem(
-                DataError(
-                    path,
-                    f"shape {data.shape[:3]} differs from {ref_path.name} {reference.shape[:3]}",
-                    "resample the case's images onto one grid",
-                )
-            ):
-                return problems, None
-            continue
-        elif not _spatial_affine_close(img.affine, reference.affine, tol):
-            diff = float(np.max(np.abs(img.affine - reference.affine)))
-            if problem(
-                DataError(
-                    path,
-                    f"affine differs from {ref_path.name} by {diff:.3g} (tolerance {tol:g})",
-                    "register the images or raise data.preprocess.affine_tol_mm",
-                )
-            ):
-                return problems, None
-            continue
-        bad = ~np.isfinite(data)
-        if bad.any():
-            n = int(bad.sum())
-            if nan_policy == "replace":
-                data = np.where(bad, 0.0, data).astype(np.float32)
+        read[modality] = (Path(path), data, img)
+    ref_mod = reference_modality(read)
+    if ref_mod is None:
+        return problems, None
+    ref_path, _, ref_img = read[ref_mod]
+    reference = spatial_reference(ref_img)
+
+    images: dict[str, np.ndarray] = {}
+    for modality, (path, data, img) in read.items():
+        series = modality in TIME_SERIES
+        try:
+            if modality != ref_mod:
+                err, warning = geometry_problem(path, img, ref_path, reference, tol, series)
+                if err is not None:
+                    raise err
+                if warning:
+                    warnings.append(warning)
+            if series:
+                data, warning = fill_missing_frames(data, path, max_missing)
+                if warning:
+                    warnings.append(warning)
+            bad = ~np.isfinite(data)
+            if bad.any():
+                n = int(bad.sum())
+                if nan_policy != "replace":
+                    raise DataError(path, f"has {n} NaN/Inf voxels", "fix the file or set data.preprocess.nan_policy=replace")
+                data[bad] = 0.0
                 warnings.append(f"{path}: replaced {n} NaN/Inf voxels by 0")
-            elif problem(DataError(path, f"has {n} NaN/Inf voxels", "fix the file or set data.preprocess.nan_policy=replace")):
+        except DataError as err:
+            problems.append(err)
+            if stop_at_first:
                 return problems, None
-            else:
-                continue
+            continue
         images[modality] = data
 
     label = None
-    if case.label is not None and reference is not None:
+    if case.label is not None:
         try:
             label = load_label(case.label, reference, tol, ref_path.name)
         except DataError as err:
-            if problem(err):
-                return problems, None
-    if problems or reference is None:
+            problems.append(err)
+    if problems:
         return problems, None
     for w in warnings:
         log.warning(w)
@@ -158,11 +224,11 @@ def _inspect(case: Case, nan_policy: str, tol: float, stop_at_first: bool) -> tu
 def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3) -> None:
     """Fast pre-flight over all cases (headers only: presence, 3D/4D, shapes, affines); raises all problems.
 
-    Voxel-level checks (truncation, NaN/Inf, label values) follow when each case is read.
+    Voxel-level checks (truncation, NaN/Inf, missing frames, label values) follow when each case is read.
     """
     errors: list[DataError] = []
     for case in cases:
-        ref: tuple[Path, nib.Nifti1Image] | None = None
+        headers: dict[str, tuple[Path, nib.Nifti1Image]] = {}
         for modality, path in case.images.items():
             if not Path(path).exists():
                 errors.append(DataError(path, "file is missing", "restore it or drop its modality"))
@@ -178,25 +244,17 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3) -> None:
             ndim = len(img.shape) if not (len(img.shape) == 4 and img.shape[3] == 1) else 3
             if ndim != want:
                 errors.append(DataError(path, f"is {ndim}D with shape {img.shape}, expected {want}D", "give the right file"))
-            elif ref is None:
-                ref = (path, img)
-            elif img.shape[:3] != ref[1].shape[:3]:
-                errors.append(
-                    DataError(
-                        path,
-                        f"shape {img.shape[:3]} differs from {ref[0].name} {ref[1].shape[:3]}",
-                        "resample the case's images onto one grid",
-                    )
-                )
-            elif not _spatial_affine_close(img.affine, ref[1].affine, affine_tol_mm):
-                diff = float(np.max(np.abs(img.affine - ref[1].affine)))
-                errors.append(
-                    DataError(
-                        path,
-                        f"affine differs from {ref[0].name} by {diff:.3g} (tolerance {affine_tol_mm:g})",
-                        "register the images",
-                    )
-                )
+                continue
+            headers[modality] = (Path(path), img)
+        ref_mod = reference_modality(headers)
+        if ref_mod is None:
+            continue
+        ref_path, ref_img = headers[ref_mod]
+        for modality, (path, img) in headers.items():
+            if modality != ref_mod:
+                err, _ = geometry_problem(path, img, ref_path, ref_img, affine_tol_mm, modality in TIME_SERIES)
+                if err is not None:
+                    errors.append(err)
     if errors:
         raise errors[0] if len(errors) == 1 else DataSetError(errors)
 
@@ -208,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-label", action="store_true", help="do not require follow-up lesion masks")
     parser.add_argument("--nan-policy", choices=["error", "replace"], default="error")
     parser.add_argument("--affine-tol-mm", type=float, default=1e-3)
+    parser.add_argument("--max-missing-frames", type=float, default=DEFAULT_MAX_MISSING_FRAMES)
     args = parser.parse_args(argv)
     try:
         root, ids = resolve_input(args.root)
@@ -217,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     n_bad = 0
     for case in cases:
-        problems = check_case(case, args.nan_policy, args.affine_tol_mm)
+        problems = check_case(case, args.nan_policy, args.affine_tol_mm, args.max_missing_frames)
         n_bad += bool(problems)
         for err in problems:
             print(f"{case.id}: {err}")

@@ -1,9 +1,14 @@
 """Lightning DataModule: cases -> checks -> cached preprocessing -> TorchIO subjects -> loaders.
 
 Training draws patches from a TorchIO ``Queue`` with a ``LabelSampler`` (lesion-aware: patch centres
-fall in the lesion with the configured odds, as nnU-Net oversamples foreground); validation and test
-use whole preprocessed volumes (the task runs sliding-window inference on them). Fold ``fold`` is held
-out for validation and testing; the other folds train.
+fall in the lesion with the configured odds, as nnU-Net oversamples foreground; ``sampler: brain`` centres
+patches in the skull-stripped brain, ``uniform`` anywhere); validation and test use whole preprocessed
+volumes (the task runs sliding-window inference on them). Fold ``fold`` is held out for validation and
+testing; the other folds train.
+
+Segmentation reads the follow-up lesion mask as the label. With ``target`` set (e.g. ``tmax``) the data
+set serves a regression task instead: the target map is read from the case like an input modality and
+becomes the subject's ``target`` image; no lesion mask is needed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch
 import torchio as tio
 
 from strokelab.data.folds import ensure_fold_file, read_fold_file
-from strokelab.data.layouts import Case, discover, resolve_input
+from strokelab.data.layouts import TIME_SERIES, Case, discover, resolve_input
 from strokelab.data.preprocess import Preprocessing, prepare_cases
 from strokelab.errors import ConfigError, DataError
 
@@ -31,18 +36,25 @@ def make_subject(entry: dict[str, Any], min_shape: Sequence[int] | None = None) 
     With ``min_shape``, volumes smaller than a training patch are zero-padded at their far end (the
     affine's origin is unchanged by padding there).
     """
-    image, label, affine = entry["image"], entry["label"], entry["affine"]
+    affine = entry["affine"]
+    volumes = {k: entry.get(k) for k in ("image", "label", "target", "brain")}
     if min_shape is not None:
-        pad = [max(int(m) - s, 0) for m, s in zip(min_shape, image.shape[1:])]
+        pad = [max(int(m) - s, 0) for m, s in zip(min_shape, volumes["image"].shape[1:])]
         if any(pad):
             spec = (0, pad[2], 0, pad[1], 0, pad[0])
-            image = torch.nn.functional.pad(image, spec)
-            label = None if label is None else torch.nn.functional.pad(label, spec)
-    fields: dict[str, Any] = {
-        m: tio.ScalarImage(tensor=image[i : i + 1], affine=affine) for i, m in enumerate(entry["modalities"])
-    }
-    if label is not None:
-        fields["label"] = tio.LabelMap(tensor=label, affine=affine)
+            volumes = {k: None if v is None else torch.nn.functional.pad(v, spec) for k, v in volumes.items()}
+    fields: dict[str, Any] = {}
+    start = 0
+    for m in entry["modalities"]:
+        n = entry.get("channels", {}).get(m, 1)
+        fields[m] = tio.ScalarImage(tensor=volumes["image"][start : start + n], affine=affine)
+        start += n
+    if volumes["label"] is not None:
+        fields["label"] = tio.LabelMap(tensor=volumes["label"], affine=affine)
+    if volumes["target"] is not None:
+        fields["target"] = tio.ScalarImage(tensor=volumes["target"], affine=affine)
+    if volumes["brain"] is not None:
+        fields["brain"] = tio.LabelMap(tensor=volumes["brain"], affine=affine)
     fields["case"] = entry["case"]
     return tio.Subject(fields)
 
@@ -52,6 +64,7 @@ class StrokeDataModule(L.LightningDataModule):
         self,
         root: str,
         modalities: Sequence[str],
+        target: str | None = None,
         preprocess: dict | None = None,
         fold: int = 0,
         fold_file: str | None = None,
@@ -74,7 +87,13 @@ class StrokeDataModule(L.LightningDataModule):
         self.modalities = list(modalities)
         if not self.modalities:
             raise ConfigError("data.modalities", "is empty", "list the input modalities, e.g. [cbf, cbv, mtt, tmax]")
+        self.target = target
+        if target is not None and target in self.modalities:
+            raise ConfigError("data.target", f"'{target}' is also an input modality", "drop it from data.modalities")
         self.prep = Preprocessing.from_config(preprocess)
+        series = [m for m in self.modalities if m in TIME_SERIES]
+        if series and self.prep.frames is None:
+            raise ConfigError("data.preprocess.frames", f"is not set but '{series[0]}' is a 4D series", "set e.g. frames: 32")
         self.fold, self.n_folds, self.fold_seed = int(fold), int(n_folds), int(fold_seed)
         if not 0 <= self.fold < self.n_folds:
             raise ConfigError("data.fold", f"{self.fold} is not in 0..{self.n_folds - 1}", "pick a held-out fold")
@@ -82,8 +101,12 @@ class StrokeDataModule(L.LightningDataModule):
         self.cache_dir = cache_dir
         self.patch_size = tuple(int(p) for p in patch_size)
         self.batch_size, self.samples_per_volume, self.queue_length = batch_size, samples_per_volume, queue_length
-        if sampler not in {"label", "uniform"}:
-            raise ConfigError("data.sampler", f"'{sampler}' is not label or uniform", "pick a patch sampler")
+        if sampler not in {"label", "uniform", "brain"}:
+            raise ConfigError("data.sampler", f"'{sampler}' is not label, uniform or brain", "pick a patch sampler")
+        if sampler == "label" and target is not None:
+            raise ConfigError(
+                "data.sampler", "'label' needs lesion masks; a regression data set has none", "use brain or uniform"
+            )
         self.sampler = sampler
         self.label_probabilities = {int(k): float(v) for k, v in (label_probabilities or {0: 1, 1: 2}).items()}
         self.augment = tio.Compose(list(augment)) if augment else None
@@ -114,7 +137,8 @@ class StrokeDataModule(L.LightningDataModule):
     def split(self) -> tuple[list[Case], list[Case]]:
         root, _ = resolve_input(self.root)
         folds = self.folds()
-        cases = discover(root, self.modalities, with_label=True, ids=sorted(folds))
+        wanted = self.modalities + ([self.target] if self.target else [])
+        cases = discover(root, wanted, with_label=self.target is None, ids=sorted(folds))
         for case in cases:
             case.fold = folds[case.id]
         train = [c for c in cases if c.fold != self.fold]
@@ -130,13 +154,13 @@ class StrokeDataModule(L.LightningDataModule):
         """Rank 0 only: generate data if needed, check and cache every case once."""
         self.ensure_data()
         train, test = self.split()
-        prepare_cases(train + test, self.prep, self.cache_dir, self.prepare_workers)
+        prepare_cases(train + test, self.prep, self.cache_dir, self.prepare_workers, self.target)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_cases:
             return
         self.train_cases, self.test_cases = self.split()
-        entries = prepare_cases(self.train_cases + self.test_cases, self.prep, self.cache_dir, self.prepare_workers)
+        entries = prepare_cases(self.train_cases + self.test_cases, self.prep, self.cache_dir, self.prepare_workers, self.target)
         n = len(self.train_cases)
         self.train_subjects = [make_subject(e, self.patch_size) for e in entries[:n]]
         self.test_subjects = [make_subject(e) for e in entries[n:]]
@@ -146,6 +170,12 @@ class StrokeDataModule(L.LightningDataModule):
         dataset = tio.SubjectsDataset(self.train_subjects, transform=self.augment)
         if self.sampler == "label":
             sampler = tio.LabelSampler(self.patch_size, label_name="label", label_probabilities=self.label_probabilities)
+        elif self.sampler == "brain":
+            if "brain" not in self.train_subjects[0]:
+                raise ConfigError(
+                    "data.sampler", "'brain' needs a brain mask", "set data.preprocess.skull_strip, or sampler=uniform"
+                )
+            sampler = tio.LabelSampler(self.patch_size, label_name="brain", label_probabilities={0: 0, 1: 1})
         else:
             sampler = tio.UniformSampler(self.patch_size)
         # Under DDP each rank draws patches from its own shard of the subjects (trainer=ddp disables

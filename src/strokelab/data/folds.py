@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from strokelab.data.layouts import FOLD_FILE_NAME, ISLES24_FILES, case_ids, label_path, modality_path
+from strokelab.data.layouts import ISLES24_FILES, case_ids, fold_file_name, label_path, modality_path
 from strokelab.errors import DataError
 from strokelab.io import atomic_write_text
 
@@ -55,7 +55,7 @@ def ensure_fold_file(root: str | Path, n_folds: int = 5, seed: int = 0) -> Path:
     from strokelab.data.clinical import read_clinical
 
     root = Path(root)
-    path = root / FOLD_FILE_NAME
+    path = root / fold_file_name(n_folds)
     if path.exists():
         return path
     ids = case_ids(root)

@@ -39,7 +39,14 @@ TIME_SERIES = frozenset({"ctp"})
 # Both namings of the follow-up lesion mask occur in the release; the first one that exists wins.
 LABEL_SUFFIXES = ("space-ncct_lesion-msk", "lesion-msk")
 CASE_PATTERN = re.compile(r"^sub-stroke\d+$")
-FOLD_FILE_NAME = "isles24_multimodal_5fold_NIHSSstratified.json"
+
+
+def fold_file_name(n_folds: int = 5) -> str:
+    """The ISLES'24 fold file's name for ``n_folds`` folds (the release ships the 5-fold one)."""
+    return f"isles24_multimodal_{int(n_folds)}fold_NIHSSstratified.json"
+
+
+FOLD_FILE_NAME = fold_file_name(5)
 
 
 @dataclass

@@ -5,6 +5,12 @@ label is resampled linearly too and read as ``> 0.5`` so small lesions survive d
 the head's bounding box plus a margin, clip (fixed windows, e.g. CT in HU, and/or percentiles) and
 z-score each modality over the head (or the whole volume, as in the TUM project), background set to 0.
 
+A 4D series (the CTP) is an input with time as channels: missing frames zero-filled (see ``check``), then
+resampled uniformly in time to ``frames`` frames, skull-stripped (``skull_strip``: the Stanford report's
+intensity threshold at 10 % of the range, or a CT brain mask from the HU values) and scaled to [0, 1] inside
+the brain (``normalize: minmax``) or z-scored. A regression target (e.g. ``tmax``) keeps its units (s),
+clipped to ``target_range``; it is resampled and cropped like the inputs.
+
 The cache file of a case holds the preprocessed tensors, the affine of the preprocessed grid and the
 case's native grid, so a prediction can be mapped back exactly. A cache entry is keyed by a hash of the
 preprocessing config and the modality list, and is redone when a source file's size or mtime changes.
@@ -31,11 +37,13 @@ from strokelab.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # Head/brain foreground per modality: CT images by an HU threshold (air is about -1000 HU); perfusion
 # maps and MR images are 0 outside the brain in ISLES'24, so anything non-zero is foreground.
 CT_MODALITIES = frozenset({"ncct", "cta", "ctp"})
 CT_HEAD_HU = -300.0
+NORMALIZATIONS = ("zscore", "minmax", "none")
+SKULL_STRIPS = ("none", "threshold", "ct")
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,12 @@ class Preprocessing:
     clip_percentiles: tuple[float, float] | None = None  # e.g. (0.5, 99.5) over the foreground
     nan_policy: str = "error"  # error | replace (by 0, with a warning)
     affine_tol_mm: float = 1e-3
+    # 4D series (time as channels) and regression targets:
+    frames: int | None = None  # frames after uniform resampling in time (required for a 4D input)
+    max_missing_frames: float = 0.05  # fraction of a series' frames that may be zero-filled
+    skull_strip: str = "none"  # none | threshold (Stanford: fraction of the intensity range) | ct (HU brain mask)
+    skull_threshold: float = 0.1  # for skull_strip=threshold
+    target_range: tuple[float, float] | None = None  # clip a regression target to this range (its units)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Preprocessing:
@@ -68,14 +82,30 @@ class Preprocessing:
             raw["clip"] = {}
         if raw.get("clip_percentiles") is not None:
             raw["clip_percentiles"] = tuple(float(v) for v in raw["clip_percentiles"])
-        if raw.get("normalize", "zscore") not in {"zscore", "none"}:
-            raise ConfigError("data.preprocess.normalize", f"'{raw['normalize']}' is not zscore or none", "pick one")
+        if raw.get("normalize", "zscore") not in NORMALIZATIONS:
+            raise ConfigError("data.preprocess.normalize", f"'{raw['normalize']}' is not one of {NORMALIZATIONS}", "pick one")
+        if raw.get("skull_strip", "none") not in SKULL_STRIPS:
+            raise ConfigError("data.preprocess.skull_strip", f"'{raw['skull_strip']}' is not one of {SKULL_STRIPS}", "pick one")
+        if raw.get("frames") is not None and int(raw["frames"]) < 1:
+            raise ConfigError("data.preprocess.frames", f"is {raw['frames']}", "use a positive number of frames, e.g. 32")
+        if not 0 <= float(raw.get("max_missing_frames", 0.05)) < 1:
+            raise ConfigError(
+                "data.preprocess.max_missing_frames", f"is {raw['max_missing_frames']}", "use a fraction, e.g. 0.05"
+            )
+        if not 0 < float(raw.get("skull_threshold", 0.1)) < 1:
+            raise ConfigError("data.preprocess.skull_threshold", f"is {raw['skull_threshold']}", "use a fraction, e.g. 0.1")
+        if raw.get("target_range") is not None:
+            raw["target_range"] = tuple(float(v) for v in raw["target_range"])
+            if len(raw["target_range"]) != 2 or raw["target_range"][0] >= raw["target_range"][1]:
+                raise ConfigError("data.preprocess.target_range", f"is {raw['target_range']}", "give [low, high], e.g. [0, 20]")
         if raw.get("zscore_region", "foreground") not in {"foreground", "all"}:
             raise ConfigError("data.preprocess.zscore_region", f"'{raw['zscore_region']}' is not foreground or all", "pick one")
         return cls(**raw)
 
-    def key(self, modalities: list[str]) -> str:
-        blob = json.dumps({"v": CACHE_VERSION, "prep": asdict(self), "modalities": list(modalities)}, sort_keys=True)
+    def key(self, modalities: list[str], target: str | None = None) -> str:
+        blob = json.dumps(
+            {"v": CACHE_VERSION, "prep": asdict(self), "modalities": list(modalities), "target": target}, sort_keys=True
+        )
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -103,19 +133,20 @@ def spacing_grid(shape, affine: np.ndarray, spacing) -> tuple[tuple[int, int, in
 
 
 def resample_to_spacing(images: dict[str, np.ndarray], affine: np.ndarray, spacing) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Resample 3D arrays (one grid) to ``spacing`` mm (linear, TorchIO/SimpleITK); returns arrays and new affine."""
-    shape = next(iter(images.values())).shape
+    """Resample arrays on one grid, 3D (X, Y, Z) or channels-first (C, X, Y, Z), to ``spacing`` mm (linear,
+    TorchIO/SimpleITK); returns the arrays (same layouts) and the new affine."""
+    shape = next(iter(images.values())).shape[-3:]
     if np.allclose(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0), spacing, rtol=1e-4):
         return images, np.asarray(affine)
     new_shape, new_affine = spacing_grid(shape, affine, spacing)
-    subject = tio.Subject(
-        {
-            name: tio.ScalarImage(tensor=torch.from_numpy(np.ascontiguousarray(a))[None], affine=affine)
-            for name, a in images.items()
-        }
-    )
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        return t if a.ndim == 4 else t[None]
+
+    subject = tio.Subject({name: tio.ScalarImage(tensor=tensor(a), affine=affine) for name, a in images.items()})
     out = tio.Resample((new_shape, new_affine), image_interpolation="linear")(subject)
-    return {name: out[name].data[0].numpy() for name in images}, new_affine
+    return {name: out[name].data.numpy() if a.ndim == 4 else out[name].data[0].numpy() for name, a in images.items()}, new_affine
 
 
 def to_native(volume: np.ndarray, affine: np.ndarray, native_shape, native_affine: np.ndarray) -> np.ndarray:
@@ -134,52 +165,116 @@ def _bbox(mask: np.ndarray, margin: tuple[int, int, int]) -> tuple[slice, ...]:
 
 
 def _normalise(data: np.ndarray, fg: np.ndarray, modality: str, prep: Preprocessing) -> tuple[np.ndarray, dict]:
+    """Clip and normalise one input, 3D or channels-first (C, X, Y, Z); ``fg`` is its 3D region."""
     stats: dict[str, float] = {}
     if modality in prep.clip:
         low, high = prep.clip[modality]
         data = np.clip(data, low, high)
     region = fg if prep.zscore_region == "foreground" and fg.any() else np.ones_like(fg)
+    region = np.broadcast_to(region, data.shape)
     if prep.clip_percentiles is not None:
         low, high = np.percentile(data[region], prep.clip_percentiles)
         data = np.clip(data, low, high)
     if prep.normalize == "zscore":
         mean, std = float(data[region].mean()), float(data[region].std())
         data = (data - mean) / max(std, 1e-6)
-        if prep.zscore_region == "foreground":
-            data = np.where(fg, data, 0.0)
         stats = {"mean": mean, "std": std}
+    elif prep.normalize == "minmax":  # Stanford report: [0, 1] over the (skull-stripped) brain
+        low, high = float(data[region].min()), float(data[region].max())
+        data = (data - low) / max(high - low, 1e-6)
+        stats = {"min": low, "max": high}
+    if prep.normalize != "none" and prep.zscore_region == "foreground":
+        data = np.where(region, data, 0.0)
     return data.astype(np.float32), stats
 
 
-def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing) -> dict[str, Any]:
-    """The preprocessed tensors of a checked case (no caching here)."""
-    for m in loaded.images:
+def series_channels(series: np.ndarray, frames: int) -> np.ndarray:
+    """A (X, Y, Z, T) series as (frames, X, Y, Z): resampled uniformly in time over the whole acquisition."""
+    from strokelab.perfusion.temporal import crop_and_resample
+
+    resampled = crop_and_resample(series, 0, series.shape[-1] - 1, frames)
+    return np.ascontiguousarray(np.moveaxis(resampled, -1, 0))
+
+
+def skull_strip(data: np.ndarray, modality: str, prep: Preprocessing) -> np.ndarray:
+    """Brain mask (3D bool) of an input, 3D or channels-first series, by ``prep.skull_strip``.
+
+    ``threshold`` (Stanford report, IV.A): the temporal mean above ``skull_threshold`` of its intensity range
+    (1st to 99.9th percentile), holes filled slice by slice, largest connected component. ``ct``: the HU brain
+    mask of :func:`strokelab.perfusion.maps.brain_mask` on the first (unenhanced) frame.
+    """
+    import cc3d
+    from scipy import ndimage
+
+    if prep.skull_strip == "ct":
+        from strokelab.perfusion.maps import brain_mask
+
+        if modality not in CT_MODALITIES:
+            raise ConfigError("data.preprocess.skull_strip", f"'ct' needs a CT input in HU, not '{modality}'", "use threshold")
+        return brain_mask(data[0] if data.ndim == 4 else data)
+    image = data.mean(axis=0) if data.ndim == 4 else data
+    low, high = np.percentile(image, (1.0, 99.9))
+    mask = image > low + prep.skull_threshold * (high - low)
+    for z in range(mask.shape[2]):
+        mask[:, :, z] = ndimage.binary_fill_holes(mask[:, :, z])
+    if not mask.any():
+        return mask
+    labels = cc3d.connected_components(mask.view(np.uint8), connectivity=6)
+    counts = np.bincount(labels.ravel())
+    counts[0] = 0
+    return labels == int(np.argmax(counts))
+
+
+def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, target: str | None = None) -> dict[str, Any]:
+    """The preprocessed tensors of a checked case (no caching here). ``target``: the regression target
+    modality among ``loaded.images`` (kept in its units), else every image is an input."""
+    arrays: dict[str, np.ndarray] = {}
+    for m, a in loaded.images.items():
         if m in TIME_SERIES:
-            raise ConfigError("data.modalities", f"'{m}' is a 4D series; the segmentation inputs are 3D maps", "drop it")
-    arrays = dict(loaded.images)
+            if m == target:
+                raise ConfigError("data.target", f"'{m}' is a 4D series", "give a 3D map as the regression target")
+            if prep.frames is None:
+                raise ConfigError("data.preprocess.frames", f"is not set but '{m}' is a 4D series", "set e.g. frames: 32")
+            arrays[m] = series_channels(a, prep.frames)
+        else:
+            arrays[m] = a
     if loaded.label is not None:
         arrays["__label__"] = loaded.label.astype(np.float32)
     arrays, affine = resample_to_spacing(arrays, loaded.reference.affine, np.asarray(prep.spacing))
     label = arrays.pop("__label__", None)
-    fg = {m: foreground(m, a) for m, a in arrays.items()}
+    target_data = arrays.pop(target) if target is not None else None
+    inputs = list(arrays)
+    if not inputs:
+        raise ConfigError("data.modalities", "has no input besides the target", "list the input modalities")
+    fg = {m: foreground(m, a.mean(axis=0) if a.ndim == 4 else a) for m, a in arrays.items()}
     head = np.logical_or.reduce(list(fg.values()))
+    brain = skull_strip(arrays[inputs[0]], inputs[0], prep) if prep.skull_strip != "none" else None
+    if brain is not None:
+        fg = {m: f & brain for m, f in fg.items()}
     if prep.crop_to_head:
         margin = tuple(int(np.ceil(prep.crop_margin_mm / s)) for s in prep.spacing)
         box = _bbox(head, margin)
-        arrays = {m: a[box] for m, a in arrays.items()}
+        arrays = {m: a[(slice(None), *box)] if a.ndim == 4 else a[box] for m, a in arrays.items()}
         fg = {m: f[box] for m, f in fg.items()}
         label = None if label is None else label[box]
+        target_data = None if target_data is None else target_data[box]
+        brain = None if brain is None else brain[box]
         affine = affine.copy()
         affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box], dtype=float) + affine[:3, 3]
     channels, stats = [], {}
     for m, a in arrays.items():
         normalised, stats[m] = _normalise(a, fg[m], m, prep)
-        channels.append(normalised)
+        channels.extend(normalised if normalised.ndim == 4 else [normalised])
+    if target_data is not None and prep.target_range is not None:
+        target_data = np.clip(target_data, *prep.target_range)
     return {
         "case": loaded.case.id,
-        "modalities": list(arrays),
+        "modalities": inputs,
+        "channels": {m: (a.shape[0] if a.ndim == 4 else 1) for m, a in arrays.items()},
         "image": torch.from_numpy(np.stack(channels)),
         "label": None if label is None else torch.from_numpy((label > 0.5)[None].astype(np.uint8)),
+        "target": None if target_data is None else torch.from_numpy(target_data[None].astype(np.float32)),
+        "brain": None if brain is None else torch.from_numpy(brain[None].astype(np.uint8)),
         "affine": affine,
         "native_shape": tuple(int(s) for s in loaded.reference.shape[:3]),
         "native_affine": np.asarray(loaded.reference.affine),
@@ -196,13 +291,15 @@ def _sources(case: Case) -> dict[str, list[int]]:
     return out
 
 
-def cache_path(cache_dir: Path, prep: Preprocessing, case: Case) -> Path:
-    return Path(cache_dir) / prep.key(list(case.images)) / f"{case.id}.pt"
+def cache_path(cache_dir: Path, prep: Preprocessing, case: Case, target: str | None = None) -> Path:
+    return Path(cache_dir) / prep.key(list(case.images), target) / f"{case.id}.pt"
 
 
-def load_or_preprocess(case: Case, prep: Preprocessing, cache_dir: str | Path | None) -> dict[str, Any]:
+def load_or_preprocess(
+    case: Case, prep: Preprocessing, cache_dir: str | Path | None, target: str | None = None
+) -> dict[str, Any]:
     """Cached preprocessed case; computes (after the checks) and stores it when missing or stale."""
-    path = None if cache_dir is None else cache_path(Path(cache_dir), prep, case)
+    path = None if cache_dir is None else cache_path(Path(cache_dir), prep, case, target)
     if path is not None and path.exists():
         try:
             entry = torch.load(path, weights_only=False)
@@ -210,7 +307,7 @@ def load_or_preprocess(case: Case, prep: Preprocessing, cache_dir: str | Path | 
                 return entry
         except (OSError, RuntimeError, EOFError, KeyError, AttributeError):
             log.warning("%s: unreadable cache entry, recomputing", path)
-    entry = preprocess_loaded(load_case(case, prep.nan_policy, prep.affine_tol_mm), prep)
+    entry = preprocess_loaded(load_case(case, prep.nan_policy, prep.affine_tol_mm, prep.max_missing_frames), prep, target)
     if path is not None:
         entry["sources"] = _sources(case)
         with atomic_path(path) as tmp:
@@ -218,27 +315,32 @@ def load_or_preprocess(case: Case, prep: Preprocessing, cache_dir: str | Path | 
         info = path.parent / "preprocessing.json"
         if not info.exists():
             with atomic_path(info) as tmp:
-                tmp.write_text(json.dumps({"modalities": list(case.images), **asdict(prep)}, indent=1))
+                tmp.write_text(json.dumps({"modalities": list(case.images), "target": target, **asdict(prep)}, indent=1))
     return entry
 
 
 def _job(args):
-    case, prep, cache_dir = args
+    case, prep, cache_dir, target = args
     try:
-        return load_or_preprocess(case, prep, cache_dir), None
+        return load_or_preprocess(case, prep, cache_dir, target), None
     except StrokelabError as err:
         return None, err
 
 
-def prepare_cases(cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1) -> list[dict[str, Any]]:
+def prepare_cases(
+    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, target: str | None = None
+) -> list[dict[str, Any]]:
     """Preprocess (or load from cache) every case; all problems are collected and raised together."""
-    jobs = [(c, prep, cache_dir) for c in cases]
+    jobs = [(c, prep, cache_dir, target) for c in cases]
     if workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = list(pool.map(_job, jobs))
     else:
         results = [_job(j) for j in jobs]
     errors = [e for _, e in results if e is not None]
+    config_errors = [e for e in errors if isinstance(e, ConfigError)]
+    if config_errors:  # the same for every case: say it once
+        raise config_errors[0]
     if errors:
         raise errors[0] if len(errors) == 1 else DataSetError(errors)
     return [entry for entry, _ in results]
