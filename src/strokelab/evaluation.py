@@ -21,9 +21,10 @@ from strokelab.data.layouts import Case, modality_path
 from strokelab.inference import write_mask
 from strokelab.io import atomic_path
 from strokelab.metrics import METRIC_COLUMNS, REGRESSION_COLUMNS, case_metrics, regression_metrics, spacing_mm, voxel_volume_ml
-from strokelab.report import write_report
+from strokelab.report import plot_map_comparison, write_report
 
 log = logging.getLogger(__name__)
+MAX_PREVIEWS = 8  # evaluate_maps draws reference | prediction | difference for this many cases
 
 
 class Predictor(Protocol):
@@ -114,6 +115,9 @@ def evaluate_maps(predictor, cases: list[Case], out_dir: str | Path) -> pd.DataF
         span = (value_range[1] - value_range[0]) if value_range is not None else float(truth.max() - truth.min())
         row = {"case": case.id, "fold": case.fold, "centre": case.centre}
         row.update(regression_metrics(values, truth, truth != 0, span))
+        if len(rows) < MAX_PREVIEWS:
+            title = f"{case.id}: {predictor.name()} vs the case's {target} (MAE {row['mae']:.2f})"
+            plot_map_comparison(values, truth, out_dir / f"{case.id}_{target}.png", title, value_range)
         row["seconds"] = seconds
         rows.append(row)
         log.info("%s: %s MAE %.2f in %.1f s", case.id, target, row["mae"], seconds)

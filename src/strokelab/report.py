@@ -422,6 +422,39 @@ def _plot_dice_vs_volume(df: pd.DataFrame, path: Path, title: str) -> Path:
     return _atomic_save_figure(fig, path)
 
 
+def plot_map_comparison(
+    pred: np.ndarray,
+    target: np.ndarray,
+    path: Path,
+    title: str = "",
+    value_range: tuple[float, float] | None = None,
+    unit: str = "s",
+) -> Path:
+    """Reference map | predicted map | prediction - reference, on the axial slice with the most reference
+    voxels (e.g. Tmax in s). Written atomically as a PNG."""
+    region = target != 0
+    z = int(np.argmax(region.sum(axis=(0, 1)))) if region.any() else target.shape[2] // 2
+    lo, hi = value_range if value_range is not None else (float(np.min(target)), float(np.max(target)))
+    diff = np.where(region[:, :, z], pred[:, :, z] - target[:, :, z], 0.0)
+    span = max(float(np.abs(diff).max()), 1e-6)
+    fig = _new_figure()
+    fig.set_size_inches(10.0, 3.8)
+    panels = [
+        ("reference", target[:, :, z], "magma", lo, hi),
+        ("prediction", pred[:, :, z], "magma", lo, hi),
+        ("prediction - reference", diff, "RdBu_r", -span, span),
+    ]
+    for i, (name, data, cmap, vmin, vmax) in enumerate(panels):
+        ax = fig.add_subplot(1, 3, i + 1)
+        shown = ax.imshow(np.rot90(data), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"{name} (slice {z})", fontsize=9)
+        ax.set_axis_off()
+        fig.colorbar(shown, ax=ax, shrink=0.8, label=unit)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _atomic_save_figure(fig, path)
+
+
 def _atomic_write_text(path: Path, text: str) -> Path:
     atomic_write_text(path, text if text.endswith("\n") else text + "\n")
     return path

@@ -76,7 +76,10 @@ def geometry_problem(
     diff = float(np.max(np.abs(img.affine - ref.affine)))
     zooms, ref_zooms = np.asarray(img.header.get_zooms()[:3]), np.asarray(ref.header.get_zooms()[:3])
     if series and np.allclose(zooms, ref_zooms, atol=tol):
-        return None, f"{path}: affine differs from {ref_path.name} by {diff:.3g} on the same voxel grid; read on the grid of {ref_path.name}"
+        return (
+            None,
+            f"{path}: affine differs from {ref_path.name} by {diff:.3g} on the same voxel grid: read on that grid",
+        )
     return DataError(
         path,
         f"affine differs from {ref_path.name} by {diff:.3g} (tolerance {tol:g})",

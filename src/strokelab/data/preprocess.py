@@ -64,6 +64,7 @@ class Preprocessing:
     max_missing_frames: float = 0.05  # fraction of a series' frames that may be zero-filled
     skull_strip: str = "none"  # none | threshold (Stanford: fraction of the intensity range) | ct (HU brain mask)
     skull_threshold: float = 0.1  # for skull_strip=threshold
+    series_smooth_mm: float = 0.0  # in-plane Gaussian SD (mm) for 4D series inside the brain mask; 0: none
     target_range: tuple[float, float] | None = None  # clip a regression target to this range (its units)
 
     @classmethod
@@ -94,6 +95,8 @@ class Preprocessing:
             )
         if not 0 < float(raw.get("skull_threshold", 0.1)) < 1:
             raise ConfigError("data.preprocess.skull_threshold", f"is {raw['skull_threshold']}", "use a fraction, e.g. 0.1")
+        if float(raw.get("series_smooth_mm", 0.0)) < 0:
+            raise ConfigError("data.preprocess.series_smooth_mm", f"is {raw['series_smooth_mm']}", "use 0 (none) or a SD in mm")
         if raw.get("target_range") is not None:
             raw["target_range"] = tuple(float(v) for v in raw["target_range"])
             if len(raw["target_range"]) != 2 or raw["target_range"][0] >= raw["target_range"][1]:
@@ -225,6 +228,22 @@ def skull_strip(data: np.ndarray, modality: str, prep: Preprocessing) -> np.ndar
     return labels == int(np.argmax(counts))
 
 
+def smooth_in_plane(series: np.ndarray, region: np.ndarray, sigma_mm: float, spacing) -> np.ndarray:
+    """In-plane Gaussian smoothing of every frame of a (C, X, Y, Z) series inside ``region`` (normalised
+    convolution: nothing bleeds in from outside, e.g. from bone), 0 outside. Raw CTP voxels carry 10-20 HU of
+    noise against a few HU of tissue enhancement; perfusion software smooths them too."""
+    from scipy import ndimage
+
+    sigma = (sigma_mm / float(spacing[0]), sigma_mm / float(spacing[1]), 0.0)
+    weight = region.astype(np.float32)
+    norm = ndimage.gaussian_filter(weight, sigma)
+    inside = region & (norm > 1e-3)
+    out = np.zeros_like(series, dtype=np.float32)
+    for c in range(series.shape[0]):
+        out[c][inside] = ndimage.gaussian_filter(series[c] * weight, sigma)[inside] / norm[inside]
+    return out
+
+
 def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, target: str | None = None) -> dict[str, Any]:
     """The preprocessed tensors of a checked case (no caching here). ``target``: the regression target
     modality among ``loaded.images`` (kept in its units), else every image is an input."""
@@ -251,6 +270,10 @@ def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, target: str | Non
     brain = skull_strip(arrays[inputs[0]], inputs[0], prep) if prep.skull_strip != "none" else None
     if brain is not None:
         fg = {m: f & brain for m, f in fg.items()}
+    if prep.series_smooth_mm > 0:
+        for m, a in arrays.items():
+            if a.ndim == 4:
+                arrays[m] = smooth_in_plane(a, fg[m], prep.series_smooth_mm, prep.spacing)
     if prep.crop_to_head:
         margin = tuple(int(np.ceil(prep.crop_margin_mm / s)) for s in prep.spacing)
         box = _bbox(head, margin)
