@@ -357,3 +357,24 @@ def test_training_resumes_from_a_checkpoint(trained, tmp_path):
     assert "Restored all states" in out.stdout + out.stderr
     log = pd.read_csv(next((tmp_path / "resumed" / "csv").rglob("metrics.csv")))
     assert sorted(log["epoch"].dropna().unique()) == [2]  # epochs 0-1 came from the checkpoint
+
+
+def test_predict_computes_missing_maps_from_the_raw_ctp(trained, tmp_path):
+    """A case with its CTP but without perfusion maps: predict.py derives them first (bcSVD), then predicts."""
+    from strokelab.data.phantom import PhantomConfig, generate
+
+    _, run_dir, _ = trained
+    root = tmp_path / "phantom"
+    generate(root, PhantomConfig(n_cases=1, seed=3))
+    cid = "sub-stroke0001"
+    maps_dir = root / "derivatives" / cid / "ses-01" / "perfusion-maps"
+    reference = nib.load(next(maps_dir.glob("*_cbf.nii.gz")))
+    for path in maps_dir.glob("*.nii.gz"):
+        path.unlink()
+    out = run("predict.py", f"input={root}", f"output={tmp_path / 'pred'}", f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    derived = sorted(p.name for p in (tmp_path / "pred" / "perfusion-maps" / cid).glob("*.nii.gz"))
+    assert derived == [f"{cid}_ses-01_space-ncct_{m}.nii.gz" for m in ("cbf", "cbv", "mtt", "tmax")]
+    mask = nib.load(tmp_path / "pred" / f"{cid}.nii.gz")
+    assert mask.shape == reference.shape and np.allclose(mask.affine, reference.affine)
+    assert not list(maps_dir.glob("*.nii.gz"))  # the input data set is never written to

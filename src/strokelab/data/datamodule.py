@@ -117,10 +117,10 @@ class StrokeDataModule(L.LightningDataModule):
 
     # -- cases and folds ------------------------------------------------------------------
     def ensure_data(self) -> None:
-        """Generate the phantom data set when configured and missing."""
-        if self.phantom and not (self.root / "dataset_description.json").exists():
-            from strokelab.data.phantom import PhantomConfig, generate
+        """Generate the phantom data set when configured and missing or made by another generator/config."""
+        from strokelab.data.phantom import PhantomConfig, generate, is_current
 
+        if self.phantom and not is_current(self.root, self.phantom):
             log.info("generating the phantom data set at %s", self.root)
             generate(self.root, PhantomConfig(**self.phantom), workers=self.prepare_workers)
         if not self.root.exists():

@@ -47,6 +47,7 @@ def fold_file_name(n_folds: int = 5) -> str:
 
 
 FOLD_FILE_NAME = fold_file_name(5)
+FOLD_FILE_GLOB = "isles24_multimodal_*fold_NIHSSstratified.json"
 
 
 @dataclass

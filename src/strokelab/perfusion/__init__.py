@@ -2,6 +2,7 @@
 
     from strokelab.perfusion import compute_maps, PerfusionSettings
     result = compute_maps(series_hu, dt=1.5)              # bcSVD; result.maps["cbf"] in ml/100g/min
+    fill_missing_maps(cases, out_dir)                      # a case's missing ISLES maps from its raw CTP
 
 Command line: ``python -m strokelab.perfusion CTP.nii.gz --out DIR [--method bcsvd|ssvd|osvd|tikhonov]``;
 validation table: ``python -m strokelab.perfusion.kudo``.
@@ -16,6 +17,7 @@ from strokelab.perfusion.deconvolution import (
     deconvolve,
     oscillation_index,
 )
+from strokelab.perfusion.derive import DERIVED_MAP_SETTINGS, derive_maps, fill_missing_maps
 from strokelab.perfusion.maps import (
     MAP_NAMES,
     MAP_UNITS,
@@ -37,6 +39,7 @@ from strokelab.perfusion.temporal import (
 )
 
 __all__ = [
+    "DERIVED_MAP_SETTINGS",
     "METHODS",
     "MAP_NAMES",
     "MAP_UNITS",
@@ -53,6 +56,8 @@ __all__ = [
     "convolution_matrix",
     "crop_and_resample",
     "deconvolve",
+    "derive_maps",
+    "fill_missing_maps",
     "load_ctp",
     "oscillation_index",
     "perfusion_window",
