@@ -86,12 +86,14 @@ def test_experiments_override_what_they_say():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One tiny training run on synthetic ISLES'24-layout data, shared by the tests below."""
+    """One tiny training run on synthetic ISLES'24-layout data, shared by the tests below; with the default
+    loggers (csv + wandb offline), as `make train` runs."""
     tmp = tmp_path_factory.mktemp("run")
     root = tmp / "isles"
     for i in range(10):
         write_case(root, f"sub-stroke{i + 1:04d}", nihss=i, seed=i)
-    out = run("train.py", *TINY, f"data.root={root}", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / 'run'}")
+    args = [*TINY, "logger=default", f"data.root={root}", f"paths.root_dir={tmp}", f"hydra.run.dir={tmp / 'run'}"]
+    out = run("train.py", *args)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return root, tmp / "run", out.stdout
 
@@ -99,6 +101,7 @@ def trained(tmp_path_factory):
 def test_train_fits_tests_and_compares_with_the_baseline(trained):
     root, run_dir, stdout = trained
     assert "threshold" in stdout and "Held-out fold 0" in stdout
+    assert list((run_dir / "wandb").glob("offline-run-*"))  # the wandb run was written and closed
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
     for name in ("unet", "threshold"):
         table = pd.read_csv(run_dir / "test" / name / "metrics.csv")

@@ -116,7 +116,7 @@ def train(cfg: DictConfig) -> float | None:
             lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in shown})
         lg.finalize("success")
         if type(lg).__name__ == "WandbLogger":  # close the run now so the table below is the last output
-            lg.experiment.finish(quiet=True)
+            lg.experiment.finish()
     print(
         f"\nHeld-out fold {datamodule.fold} ({len(test_cases)} cases), native geometry:\n{table}\n"
         f"per-case tables: {output_dir / 'test'}/*/metrics.csv"
