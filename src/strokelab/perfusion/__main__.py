@@ -20,6 +20,7 @@ import time
 
 from strokelab.errors import StrokelabError
 from strokelab.perfusion.deconvolution import METHODS
+from strokelab.perfusion.derive import DERIVED_MAP_SETTINGS
 from strokelab.perfusion.maps import PerfusionSettings, compute_maps, load_ctp, load_mask, output_stem, write_outputs
 
 
@@ -45,12 +46,18 @@ def main(argv: list[str] | None = None) -> int:
         "lambda relative to the largest singular value for tikhonov (0.1)",
     )
     parser.add_argument("--dt", type=float, help="frame interval in s (overrides the header)")
-    parser.add_argument("--smooth-s", type=float, default=0.0, help="Gaussian temporal smoothing SD in s (default 0: none)")
+    parser.add_argument(
+        "--smooth-s",
+        type=float,
+        default=DERIVED_MAP_SETTINGS.smoothing_sigma_s,
+        help=f"Gaussian temporal smoothing SD in s (default {DERIVED_MAP_SETTINGS.smoothing_sigma_s:g}; 0: none)",
+    )
     parser.add_argument(
         "--spatial-sigma-mm",
         type=float,
-        default=0.0,
-        help="in-plane Gaussian smoothing SD in mm inside the brain (default 0: none)",
+        default=DERIVED_MAP_SETTINGS.spatial_sigma_mm,
+        help=f"in-plane Gaussian smoothing SD in mm inside the brain (default {DERIVED_MAP_SETTINGS.spatial_sigma_mm:g}, "
+        "as the phantom's and predict.py's maps; 0: none)",
     )
     parser.add_argument("--vof", action="store_true", help="scale the AIF to the area of the venous output function")
     args = parser.parse_args(argv)
