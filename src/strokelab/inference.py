@@ -28,7 +28,7 @@ from strokelab.data.layouts import Case, modality_path
 from strokelab.data.preprocess import Preprocessing, preprocess_loaded, to_native
 from strokelab.errors import CheckpointError
 from strokelab.io import save_nifti
-from strokelab.nn.sliding_window import sliding_window_inference
+from strokelab.nn.sliding_window import infer
 
 
 def default_device() -> torch.device:
@@ -134,14 +134,7 @@ class NetworkPredictor:
         x = entry["image"][None].to(self.device)
         cfg = self.inference
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and cfg.get("bf16", True)):
-            logits = sliding_window_inference(
-                self.net,
-                x,
-                patch_size=cfg["patch_size"],
-                overlap=cfg["overlap"],
-                batch_size=cfg["batch_size"],
-                mirror_axes=tuple(cfg.get("mirror_axes") or ()),
-            )
+            logits = infer(self.net, x, cfg)
         if self.target is None:
             prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
         else:

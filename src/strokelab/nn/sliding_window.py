@@ -209,3 +209,16 @@ def sliding_window_inference(
         result[b] = accum.to(out_device)
     assert result is not None
     return result
+
+
+def infer(predictor: Callable[[Tensor], Tensor], image: Tensor, settings: dict) -> Tensor:
+    """:func:`sliding_window_inference` with a model's ``inference`` settings (``patch_size``, ``overlap``,
+    ``batch_size``, optional ``mirror_axes``), as tasks and checkpoints store them."""
+    return sliding_window_inference(
+        predictor,
+        image,
+        patch_size=settings["patch_size"],
+        overlap=settings["overlap"],
+        batch_size=settings["batch_size"],
+        mirror_axes=tuple(settings.get("mirror_axes") or ()),
+    )

@@ -20,6 +20,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 
 from strokelab.metrics import REGRESSION_COLUMNS, regression_metrics
+from strokelab.nn.sliding_window import infer
 from strokelab.tasks.segmentation import DEFAULT_INFERENCE, batch_input
 
 
@@ -61,8 +62,7 @@ class RegressionTask(L.LightningModule):
 
     @torch.no_grad()
     def predict_volume(self, x: torch.Tensor, brain: torch.Tensor | None = None) -> torch.Tensor:
-        cfg = self.inference
-        pred = sliding_window(self, x, cfg)
+        pred = infer(self, x, self.inference)
         return pred if brain is None else pred * (brain > 0)
 
     def _evaluate(self, batch: dict) -> None:
@@ -105,17 +105,3 @@ class RegressionTask(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["strokelab"] = self.meta
-
-
-def sliding_window(net: Callable, x: torch.Tensor, cfg: dict) -> torch.Tensor:
-    """Sliding-window inference of a whole volume with a task's inference settings."""
-    from strokelab.nn.sliding_window import sliding_window_inference
-
-    return sliding_window_inference(
-        net,
-        x,
-        patch_size=cfg["patch_size"],
-        overlap=cfg["overlap"],
-        batch_size=cfg["batch_size"],
-        mirror_axes=tuple(cfg.get("mirror_axes") or ()),
-    )

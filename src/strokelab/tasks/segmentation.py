@@ -16,7 +16,7 @@ import torchio as tio
 from torch import nn
 from torchmetrics import MeanMetric
 
-from strokelab.nn.sliding_window import sliding_window_inference
+from strokelab.nn.sliding_window import infer
 
 DEFAULT_INFERENCE = {"patch_size": (64, 64, 16), "overlap": 0.5, "batch_size": 4, "mirror_axes": ()}
 
@@ -69,15 +69,7 @@ class SegmentationTask(L.LightningModule):
 
     @torch.no_grad()
     def predict_logits(self, x: torch.Tensor) -> torch.Tensor:
-        cfg = self.inference
-        return sliding_window_inference(
-            self.net,
-            x,
-            patch_size=cfg["patch_size"],
-            overlap=cfg["overlap"],
-            batch_size=cfg["batch_size"],
-            mirror_axes=tuple(cfg.get("mirror_axes") or ()),
-        )
+        return infer(self.net, x, self.inference)
 
     def _evaluate(self, batch: dict) -> None:
         x, y = batch_input(batch, self.modalities), batch["label"][tio.DATA].float()
