@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torchio as tio
 from torch import nn
@@ -21,10 +20,13 @@ from torchmetrics import MeanMetric
 
 from strokelab.metrics import REGRESSION_COLUMNS, regression_metrics
 from strokelab.nn.sliding_window import infer
+from strokelab.tasks.base import VolumeTask
 from strokelab.tasks.segmentation import DEFAULT_INFERENCE, batch_input
 
 
-class RegressionTask(L.LightningModule):
+class RegressionTask(VolumeTask):
+    progress_metric = "mae"
+
     def __init__(
         self,
         net: nn.Module,
@@ -76,32 +78,3 @@ class RegressionTask(L.LightningModule):
             for key, value in values.items():
                 if value == value:  # NaN: no brain in this volume
                     self.metrics[key].update(value)
-
-    def _log_epoch(self, prefix: str) -> None:
-        for key, metric in self.metrics.items():
-            self.log(f"{prefix}/{key}", metric.compute(), prog_bar=key == "mae", sync_dist=True)
-            metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"},
-        }
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["strokelab"] = self.meta

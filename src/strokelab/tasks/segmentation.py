@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import torch
 import torchio as tio
 from torch import nn
 from torchmetrics import MeanMetric
 
 from strokelab.nn.sliding_window import infer
+from strokelab.tasks.base import VolumeTask
 
 DEFAULT_INFERENCE = {"patch_size": (64, 64, 16), "overlap": 0.5, "batch_size": 4, "mirror_axes": ()}
 
@@ -38,7 +38,9 @@ def overlap_stats(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.T
     }
 
 
-class SegmentationTask(L.LightningModule):
+class SegmentationTask(VolumeTask):
+    progress_metric = "dice"
+
     def __init__(
         self,
         net: nn.Module,
@@ -80,32 +82,3 @@ class SegmentationTask(L.LightningModule):
             self.metrics[key].update(value)
         voxel_ml = float(torch.as_tensor(batch[self.modalities[0]][tio.AFFINE])[0, :3, :3].double().det().abs()) / 1000.0
         self.metrics["avd_ml"].update((pred.sum() - target.sum()).abs().float() * voxel_ml)
-
-    def _log_epoch(self, prefix: str) -> None:
-        for key, metric in self.metrics.items():
-            self.log(f"{prefix}/{key}", metric.compute(), prog_bar=key == "dice", sync_dist=True)
-            metric.reset()
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_epoch("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._evaluate(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_epoch("test")
-
-    def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=self.parameters())
-        if self.scheduler_factory is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer=optimizer), "interval": "epoch"},
-        }
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["strokelab"] = self.meta
