@@ -23,8 +23,9 @@ With 1.5 s temporal smoothing and an in-plane Gaussian of 3 / 5 / 7 / 10 mm SD:
 Tmax is 1.85 s later than the truth (median; regularised deconvolution puts the residue's peak late), mean
 CBF 0.74x, CBV 1.11x, MTT 1.50x the truth, and partial-volume arteries give CBF up to ~1000 ml/100g/min
 (hence rank correlations for CBF and CBV: their Pearson r is ~0.14). On an ISLES'24-sized series (512x512x75
-voxels of 0.45 mm, 45 frames) the smoothing makes the maps cost ~65 s instead of ~43 s at 5 mm
-(``benchmarks/perfusion_maps.py --methods bcsvd --spatial-sigma-mm 7``, 2 shared cores).
+voxels of 0.45 mm, 45 frames) these settings cost 24.6 s on 2 cores, 14.8 s without smoothing: the 7 mm
+Gaussian (15.6 voxels SD) is computed on 5x5 tiles (``maps._InPlaneGaussian``; 61 s voxel by voxel),
+``benchmarks/perfusion_maps.py --exact-gaussian``.
 """
 
 from __future__ import annotations
