@@ -162,6 +162,37 @@ def test_cache_is_reused_and_redone_when_a_source_changes(tiny_root, tmp_path, m
     assert len(calls) == 3
 
 
+PARALLEL_PREPARE = """
+import sys, torch, torch.storage
+from strokelab.data.layouts import discover
+from strokelab.data.preprocess import Preprocessing, prepare_cases
+root, cache, maps = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+cases = discover(root, maps)
+# Held, as another thread of a long-lived process may hold it at the moment a worker is forked.
+with torch.storage._share_memory_lock:
+    entries = prepare_cases(cases, Preprocessing(), cache, workers=2)
+again = prepare_cases(cases, Preprocessing(), None)
+assert [len(e["image"]) for e in entries] == [len(e["image"]) for e in again]
+assert all(torch.equal(a["image"], b["image"]) for a, b in zip(entries, again))
+print("ok", len(entries))
+"""
+
+
+def test_parallel_preprocessing_does_not_hang_on_locks_held_in_the_parent(tiny_root, tmp_path):
+    """The second run of a Table I multirun hung: a forked preprocessing worker inherited torch's
+    storage-sharing lock, held in the parent, and waited on it to send back its tensors. Workers start
+    fresh and send back nothing but problems; the entries are read from the cache in the parent."""
+    result = subprocess.run(
+        [sys.executable, "-c", PARALLEL_PREPARE, str(tiny_root), str(tmp_path / "cache"), ",".join(MAPS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["ok", "10"]
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 10
+
+
 def test_preprocessing_config_errors_are_clear():
     with pytest.raises(ConfigError, match="spacing"):
         Preprocessing.from_config({"spacing": [1, 2]})

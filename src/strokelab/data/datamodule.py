@@ -24,7 +24,7 @@ import torchio as tio
 
 from strokelab.data.folds import ensure_fold_file, read_fold_file
 from strokelab.data.layouts import TIME_SERIES, Case, discover, resolve_input
-from strokelab.data.preprocess import Preprocessing, prepare_cases
+from strokelab.data.preprocess import Preprocessing, cache_cases, prepare_cases
 from strokelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ class StrokeDataModule(L.LightningDataModule):
         """Rank 0 only: generate data if needed, check and cache every case once."""
         self.ensure_data()
         train, test = self.split()
-        prepare_cases(train + test, self.prep, self.cache_dir, self.prepare_workers, self.target)
+        cache_cases(train + test, self.prep, self.cache_dir, self.prepare_workers, self.target)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_cases:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -342,7 +343,7 @@ def load_or_preprocess(
     return entry
 
 
-def _job(args):
+def _job(args) -> tuple[dict[str, Any] | None, StrokelabError | None]:
     case, prep, cache_dir, target = args
     try:
         return load_or_preprocess(case, prep, cache_dir, target), None
@@ -350,20 +351,46 @@ def _job(args):
         return None, err
 
 
-def prepare_cases(
-    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, target: str | None = None
-) -> list[dict[str, Any]]:
-    """Preprocess (or load from cache) every case; all problems are collected and raised together."""
-    jobs = [(c, prep, cache_dir, target) for c in cases]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_job, jobs))
-    else:
-        results = [_job(j) for j in jobs]
-    errors = [e for _, e in results if e is not None]
+def _cache_job(args) -> StrokelabError | None:
+    """Worker side of :func:`cache_cases`: the entry stays in the cache, only a problem comes back."""
+    return _job(args)[1]
+
+
+def _raise_collected(errors: list[StrokelabError]) -> None:
     config_errors = [e for e in errors if isinstance(e, ConfigError)]
     if config_errors:  # the same for every case: say it once
         raise config_errors[0]
     if errors:
         raise errors[0] if len(errors) == 1 else DataSetError(errors)
+
+
+def cache_cases(
+    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, target: str | None = None
+) -> None:
+    """Check and preprocess every case that has no cache entry yet, into the cache; all problems are
+    collected and raised together. With ``workers`` > 1 the cases are spread over fresh processes
+    ("spawn", as the phantom does): a forked copy of a process that runs threads (a logger's, a data
+    loader's) can inherit a lock held by one of them and wait on it forever, as the second run of a
+    multirun did. Nothing but the problems comes back from the workers."""
+    if cache_dir is None:
+        return
+    jobs = [(c, prep, cache_dir, target) for c in cases if not cache_path(Path(cache_dir), prep, c, target).exists()]
+    if workers > 1 and len(jobs) > 1:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
+            errors = [e for e in pool.map(_cache_job, jobs) if e is not None]
+    else:
+        errors = [e for e in map(_cache_job, jobs) if e is not None]
+    _raise_collected(errors)
+
+
+def prepare_cases(
+    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, target: str | None = None
+) -> list[dict[str, Any]]:
+    """The preprocessed entries of ``cases``, in order: missing cache entries are made first
+    (:func:`cache_cases`, in ``workers`` processes), then every entry is read here (a stale one is redone).
+    All problems are collected and raised together."""
+    cache_cases(cases, prep, cache_dir, workers, target)
+    results = [_job((c, prep, cache_dir, target)) for c in cases]
+    _raise_collected([e for _, e in results if e is not None])
     return [entry for entry, _ in results]
