@@ -16,7 +16,7 @@ during ``compute_maps`` (tracemalloc, numpy arrays included).
 The last run is what ``python -m strokelab.perfusion`` and ``predict.py`` do by default
 (:data:`strokelab.perfusion.derive.DERIVED_MAP_SETTINGS`: bcSVD with in-plane smoothing of 7 mm SD, 15.6
 voxels here, and 1.5 s temporal smoothing); ``--exact-gaussian`` also times it with the in-plane Gaussian
-filtered voxel by voxel instead of on tiles (``maps._smooth_at``) and prints how far the maps differ.
+filtered voxel by voxel instead of on tiles (``maps._InPlaneGaussian``) and prints how far the maps differ.
 
 Run:  .venv/bin/python benchmarks/perfusion_maps.py [--shape 512 512 75] [--frames 45] [--methods bcsvd ssvd osvd tikhonov]
           [--exact-gaussian]

@@ -519,7 +519,7 @@ def _top_k(values: np.ndarray, k: int) -> np.ndarray:
     return np.argpartition(-values, k - 1)[:k]
 
 
-# In-plane Gaussians wider than this many voxels (SD) are computed on tiles (see _smooth_at).
+# In-plane Gaussians wider than this many voxels (SD) are computed on tiles (see _InPlaneGaussian).
 TILED_GAUSSIAN_MIN_VOXELS = 6.0
 
 
