@@ -1,0 +1,48 @@
+"""Losses: segmentation (platform and Wang et al. 2020), regression, and Wang's weight map ``A``.
+
+Every loss is called as ``loss(pred, target, weight=None) -> scalar tensor`` with ``pred`` of shape
+``(B, 1, *spatial)`` (2D or 3D), ``target`` of the same shape in ``[0, 1]`` and ``weight`` an optional per-voxel
+weight map of that shape; what each loss does with ``weight`` is documented in
+:mod:`strokelab.losses.segmentation` and :mod:`strokelab.losses.regression`.
+"""
+
+from .regression import AsymmetricMSELoss, MSELoss
+from .segmentation import (
+    BATCH_REDUCTIONS,
+    BCELoss,
+    CEHGDLoss,
+    CELoss,
+    DeepSupervisionLoss,
+    DiceCELoss,
+    DiceLoss,
+    GDLoss,
+    HGDLoss,
+    WangDiceLoss,
+    WCEHGDLoss,
+    WCELoss,
+    downsample_target,
+    downsample_weight,
+    generalized_dice_score,
+)
+from .weight_map import weight_map
+
+__all__ = [
+    "BATCH_REDUCTIONS",
+    "AsymmetricMSELoss",
+    "BCELoss",
+    "CEHGDLoss",
+    "CELoss",
+    "DeepSupervisionLoss",
+    "DiceCELoss",
+    "DiceLoss",
+    "GDLoss",
+    "HGDLoss",
+    "MSELoss",
+    "WangDiceLoss",
+    "WCEHGDLoss",
+    "WCELoss",
+    "downsample_target",
+    "downsample_weight",
+    "generalized_dice_score",
+    "weight_map",
+]
