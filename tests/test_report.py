@@ -14,11 +14,16 @@ from strokelab.metrics import METRIC_COLUMNS, case_metrics
 from strokelab.report import (
     LESION_BIN_LABELS,
     STAT_COLUMNS,
+    WANG_STRATA_LABELS,
     _volumes,  # private: the plots' volume derivation
     comparison_table,
     lesion_size_bin,
+    main,
+    paper_table,
+    strata_table,
     summarize,
     summarize_by,
+    wang_stratum,
     write_report,
 )
 
@@ -183,6 +188,137 @@ def test_comparison_table_shows_mean_and_std_per_model():
         comparison_table({"a": trained}, metrics=("dice", "accuracy"))
     with pytest.raises(DataError, match="no models"):
         comparison_table({})
+
+
+# ------------------------------------------------------------------------- Wang et al. layout
+
+
+def wang_models() -> dict[str, pd.DataFrame]:
+    """Two small models whose statistics are easy to compute by hand (see the comments)."""
+    a = pd.DataFrame(
+        {
+            "case": ["a1", "a2", "a3"],
+            "precision": [0.5, 0.6, 0.7],  # 60.00 ± 10.00 %
+            "recall": [0.8, 0.8, 0.8],  # 80.00 ± 0.00 %
+            "dice": [0.4, 0.5, 0.9],  # mean 0.6, sd sqrt(0.14 / 2) = 0.2646 -> 60.00 ± 26.46 %
+            "hd95_mm": [10.0, 20.0, 30.0],  # 20.00 ± 10.00
+            "assd_mm": [1.0, 2.0, np.nan],  # 1.50 ± 0.71, one NaN left out
+            "rve": [-0.5, 0.5, 1.0],  # |rve| 0.5, 0.5, 1.0: 0.67 ± 0.29 (signed it would be 0.33)
+            "lesion_ml": [5.0, 10.0, 60.0],
+            "params_m": [31.04, 31.04, 31.04],
+        }
+    )
+    b = pd.DataFrame(
+        {
+            "case": ["b1", "b2"],
+            "precision": [0.2, 0.4],  # 30.00 ± 14.14
+            "recall": [1.0, 0.5],  # 75.00 ± 35.36
+            "dice": [0.3, 0.5],  # 40.00 ± 14.14
+            "hd95_mm": [5.0, 7.0],  # 6.00 ± 1.41
+            "assd_mm": [0.5, 1.5],  # 1.00 ± 0.71
+            "rve": [-0.2, -0.4],  # 0.30 ± 0.14
+            "lesion_ml": [50.0, 50.5],
+        }
+    )
+    return {"UNet": a, "SLNet": b}
+
+
+def cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_paper_table_prints_wang_columns_as_percent_and_mm():
+    lines = paper_table(wang_models()).splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1  # aligned
+    assert cells(lines[0]) == ["Model", "Params (M)", "Precision (%)", "Recall (%)", "Dice (%)", "HD95 (mm)", "ASSD (mm)"]
+    assert cells(lines[2]) == ["UNet", "31.04", "60.00±10.00", "80.00±0.00", "60.00±26.46", "20.00±10.00", "1.50±0.71 (1 nan)"]
+    assert cells(lines[3]) == ["SLNet", "n/a", "30.00±14.14", "75.00±35.36", "40.00±14.14", "6.00±1.41", "1.00±0.71"]
+
+
+def test_paper_table_params_column_only_with_params_and_rve_is_absolute():
+    models = wang_models()
+    models["UNet"] = models["UNet"].drop(columns="params_m")
+    header = cells(paper_table(models).splitlines()[0])
+    assert "Params (M)" not in header and header[1] == "Precision (%)"
+    lines = paper_table(wang_models(), columns=["dice", "rve"]).splitlines()
+    assert cells(lines[0]) == ["Model", "Dice (%)", "RVE"]
+    assert cells(lines[2]) == ["UNet", "60.00±26.46", "0.67±0.29"]  # mean |rve|, not the signed 0.33
+    assert cells(lines[3]) == ["SLNet", "40.00±14.14", "0.30±0.14"]
+
+
+def test_paper_table_row_order_and_errors():
+    models = wang_models()
+    assert [cells(line)[0] for line in paper_table(models).splitlines()[2:]] == ["UNet", "SLNet"]
+    assert [cells(line)[0] for line in paper_table(models, order=["SLNet"]).splitlines()[2:]] == ["SLNet", "UNet"]
+    with pytest.raises(DataError, match="unknown model"):
+        paper_table(models, order=["SLNet", "FCN"])
+    with pytest.raises(DataError, match="unknown layout"):
+        paper_table(models, layout="isles")
+    with pytest.raises(DataError, match="unknown column"):
+        paper_table(models, columns=["dice", "hd_mm"])
+    with pytest.raises(DataError, match="params_m"):
+        paper_table({"UNet": models["UNet"].assign(params_m=[31.04, 31.04, 33.84])})
+    with pytest.raises(DataError, match="no models"):
+        paper_table({})
+
+
+def test_wang_strata_put_10_and_50_ml_in_the_middle():
+    assert [wang_stratum(v) for v in (0.0, 9.99, 10.0, 50.0, 50.01, 300.0)] == [
+        "<10 ml",
+        "<10 ml",
+        "10-50 ml",
+        "10-50 ml",
+        ">50 ml",
+        ">50 ml",
+    ]
+    assert wang_stratum(float("nan")) is None
+    assert lesion_size_bin(10.0) == "5-20 ml"  # the default bins of summarize_by are unchanged
+
+
+def test_strata_table_gives_dice_per_wang_stratum():
+    lines = strata_table(wang_models(), "wang").splitlines()
+    assert lines[0] == "Dice (%) by true lesion volume"
+    table = lines[2:]
+    # UNet: 5 ml -> <10, 10 ml -> 10-50, 60 ml -> >50; SLNet: 50 ml -> 10-50, 50.5 ml -> >50.
+    assert cells(table[0]) == ["Model", *(f"{label} (n=1)" for label in WANG_STRATA_LABELS)]
+    assert cells(table[2]) == ["UNet", "40.00±nan", "50.00±nan", "90.00±nan"]
+    assert cells(table[3]) == ["SLNet", "n/a (n=0)", "30.00±nan", "50.00±nan"]
+    pooled = {"all": pd.concat(wang_models().values(), ignore_index=True)}
+    row = cells(strata_table(pooled, "wang").splitlines()[4])
+    assert row == ["all", "40.00±nan", "40.00±14.14", "70.00±28.28"]  # (0.5, 0.3) and (0.9, 0.5)
+    default = strata_table(pooled, "default").splitlines()[2]
+    assert cells(default)[1:] == [f"{label} (n={n})" for label, n in zip(LESION_BIN_LABELS, (0, 2, 3, 0))]  # 5, 10 | 60, 50, 50.5
+    with pytest.raises(DataError, match="lesion_ml"):
+        strata_table({"x": wang_models()["UNet"].drop(columns="lesion_ml")})
+    with pytest.raises(DataError, match="unknown strata"):
+        strata_table(wang_models(), "tertiles")
+
+
+def test_report_cli_prints_the_wang_layout_in_run_order(tmp_path, capsys):
+    models = wang_models()
+    # Run folders sorted by name: fold0 holds UNet's first cases, fold1 the rest and SLNet.
+    for folder, model, frame in (
+        ("fold0", "UNet", models["UNet"].iloc[:2]),
+        ("fold1", "UNet", models["UNet"].iloc[2:]),
+        ("fold1", "SLNet", models["SLNet"]),
+    ):
+        path = tmp_path / folder / "test" / model / "metrics.csv"
+        path.parent.mkdir(parents=True)
+        frame.to_csv(path, index=False)
+    assert main([str(tmp_path), "--layout", "wang", "--columns", "dice,rve", "--strata", "wang"]) == 0
+    out = capsys.readouterr().out
+    rows = [cells(line) for line in out.splitlines() if line.startswith("| UNet") or line.startswith("| SLNet")]
+    assert rows[:2] == [["UNet", "60.00±26.46", "0.67±0.29"], ["SLNet", "40.00±14.14", "0.30±0.14"]]  # all folds pooled
+    assert "Dice (%) by true lesion volume" in out and "RVE by true lesion volume" in out
+    assert (tmp_path / "summary" / "UNet" / "summary.md").exists()
+
+    assert main([str(tmp_path), "--layout", "wang", "--order", "SLNet,UNet"]) == 0
+    out = capsys.readouterr().out
+    names = [cells(line)[0] for line in out.splitlines() if line.startswith("| UNet") or line.startswith("| SLNet")]
+    assert names == ["SLNet", "UNet"] and "Params (M)" in out
+
+    assert main([str(tmp_path), "--layout", "wang", "--order", "FCN"]) == 2
+    assert "unknown model" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------- end to end

@@ -7,20 +7,51 @@ the label. Every metric in :data:`METRIC_COLUMNS` is defined in the docstring of
 
 Sources the conventions follow
 ------------------------------
-* ``lesion_f1`` and ``lesion_count_diff`` reproduce the ISLES'24 challenge evaluation
-  (``utils/eval_utils.py::compute_dice_f1_instance_difference`` in github.com/ezequieldlrosa/isles24),
-  which runs panoptica with ``ConnectedComponentsInstanceApproximator()`` (cc3d, 26-connectivity)
-  and ``NaiveThresholdMatching()`` (one-to-one matching, IoU >= 0.5) and reports
-  ``rq = TP / (TP + (FP + FN) / 2)`` and ``|#true - #pred|``; both masks empty scores F1 = 1.
+* ``lesion_f1`` and ``lesion_count_diff`` reproduce the ISLES'24 challenge evaluation,
+  ``utils/eval_utils.py::compute_dice_f1_instance_difference`` in github.com/ezequieldlrosa/isles24.
+  It runs panoptica with ``ConnectedComponentsInstanceApproximator()`` (cc3d, 26-connectivity) and,
+  since its 2025-12-16 revision (date as the project issue gives it),
+  ``NaiveThresholdMatching(matching_threshold=0.2)``; it reports
+  panoptica's ``rq = TP / (TP + (FP + FN) / 2)`` as the F1 and
+  ``|num_ref_instances - num_pred_instances|`` as the count difference, and F1 = 1 when both masks
+  are empty (``empty_value``). Provenance: the stored copy of that file we could read (commit
+  34c66370e365bd5db4e9429154674928245e9915) still builds ``NaiveThresholdMatching()``, i.e.
+  panoptica's default IoU 0.5; the 0.2 revision itself was not available to us. It is
+  corroborated by a copy of the function with the same author header and code except
+  ``NaiveThresholdMatching(matching_threshold=0.2)``, distributed as the "prior edition" reference
+  with ISLES'26 material whose errata state that previous editions matched at IoU 0.2 (found by
+  code search; the search did not name that repository).
+  :data:`LESION_MATCH_IOU` is therefore 0.2; pass ``match_iou=0.5`` to score as the original
+  2024 evaluation did.
+  The matching rule is panoptica 2.1.7's (``instance_matcher.py::NaiveThresholdMatching`` with
+  ``_functionals.py::_calc_count_matching_metric_of_overlapping_labels``), reproduced exactly:
+  IoU of every overlapping (true, predicted) component pair; pairs in ascending
+  ``(predicted label, true label)`` order, then sorted by decreasing IoU with a stable sort (ties
+  keep the label order); greedy, one-to-one (``allow_many_to_one=False``): a pair is accepted when
+  neither lesion is matched yet and ``IoU >= threshold`` (``strict_threshold=False``).
+  ``TP`` = accepted pairs, ``FP = #pred - TP``, ``FN = #true - TP``. Components are numbered by
+  cc3d in row-major (C) raster order of the array, as panoptica numbers them on its cropped copy;
+  the label order only decides between pairs of exactly equal IoU.
   This module computes the same numbers with cc3d and one ``np.unique`` over the overlapping
   voxels: ~0.05 s on a 512x586x74 ISLES'24 mask pair, where the ISLES'24 panoptica evaluator
   takes ~2 s (the tests check that both give identical values).
-  Note: ISLES'22 used a different lesion F1 (any overlap of one voxel counts as a detection);
-  ISLES'24 switched to the IoU >= 0.5 panoptica matching, which is what is used here.
-* ``hd95_mm`` and ``assd_mm`` follow MedPy's ``hd95`` / ``assd`` (also used, bit for bit, by
-  panoptica's ``HD95`` / ``ASSD``): surface voxels are the mask minus its erosion with the
-  6-neighbour (face-connected) structuring element, distances come from a Euclidean distance
-  transform of the other mask's surface with ``sampling=spacing``.
+  Note: ISLES'22 used a different lesion F1 (any overlap of one voxel counts as a detection).
+* ``assd_mm`` is Wang et al. 2020 (Med. Image Anal., the ISLES'18 winner; ``shared/seeds``),
+  Eq. 18: ``ASSD = (sum_{s in S} d(s, G) + sum_{g in G} d(g, S)) / (|S| + |G|)``, the mean over
+  the pooled surface voxels of both masks. This is *not* MedPy's / panoptica's ``assd``, which
+  is the mean of the two directed means (``(mean_S + mean_G) / 2``). The two agree when
+  ``|S| = |G|`` or when both directed means are equal; otherwise Eq. 18 weights each direction
+  by its number of surface voxels and leans toward the larger surface's directed mean (a 3-voxel
+  cube inside an 11-voxel cube: 4.90 mm vs MedPy's 4.47 mm; the gap grows with the imbalance).
+* ``hd95_mm`` is the 95th percentile (numpy, linear interpolation) of the same pooled set of
+  distances, as MedPy's ``hd95`` and panoptica's ``HD95`` (``_compute_hausdorff_distance95``)
+  compute it. The ISLES'24 evaluation reports no surface distance at all (Dice, absolute volume
+  difference, lesion count difference and lesion F1 only), so nothing there overrides this.
+  Wang et al. report the full Hausdorff distance (Eq. 17, the maximum); ``hd95_mm`` is the
+  robust 95th-percentile variant of it, not the same number.
+* Both surface metrics share one surface definition: surface voxels are the mask minus its
+  erosion with the 6-neighbour (face-connected) structuring element, distances come from a
+  Euclidean distance transform of the other mask's surface with ``sampling=spacing``.
 * ``precision`` / ``recall`` return NaN when undefined (0/0), as MONAI's
   ``compute_confusion_matrix_metric`` does.
 """
@@ -57,8 +88,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
 LESION_CONNECTIVITY = 26
 """Voxel connectivity that defines one lesion (ISLES'24 / cc3d default)."""
 
-LESION_MATCH_IOU = 0.5
-"""A predicted and a true lesion match when their IoU is at least this (ISLES'24, panoptica default)."""
+LESION_MATCH_IOU = 0.2
+"""Default IoU at or above which a predicted and a true lesion can match (ISLES'24 evaluation since 2025-12-16).
+
+The original 2024 evaluation used panoptica's default, 0.5: pass ``match_iou=0.5`` for it."""
 
 HD_PERCENTILE = 95.0
 """Percentile of the pooled surface distances reported as ``hd95_mm``."""
@@ -178,7 +211,9 @@ def voxel_volume_ml(img) -> float:
 # ----------------------------------------------------------------------------------------- metrics
 
 
-def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float]) -> dict[str, float]:
+def case_metrics(
+    pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float], match_iou: float = LESION_MATCH_IOU
+) -> dict[str, float]:
     """All metrics of :data:`METRIC_COLUMNS` for one case.
 
     Args:
@@ -186,6 +221,8 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
         label: true mask (the final infarct), same shape as ``pred``.
         spacing_mm: voxel size in mm along the three array axes (anisotropic allowed, e.g.
             ``(0.383, 0.383, 2.0)``; use :func:`spacing_mm` on the label image).
+        match_iou: IoU threshold of the lesion matching behind ``lesion_f1`` (see
+            :func:`lesion_detection`); default :data:`LESION_MATCH_IOU` (0.2, ISLES'24).
 
     Returns:
         ``{name: float}`` for every name in :data:`METRIC_COLUMNS`, in that order. With
@@ -203,12 +240,15 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
         * ``rve`` = ``(V(P) - V(L)) / V(L)``, signed relative volume error (``-0.2`` = predicted
           20 % too small). NaN when ``L`` is empty.
         * ``lesion_f1``: lesion-wise F1 of ISLES'24. Lesions are the 26-connected components
-          of each mask; a predicted and a true lesion match when their IoU is >= 0.5, each lesion
-          matching at most one (one-to-one; with IoU >= 0.5 no lesion can reach two partners, so
-          the matching is unique). ``TP`` = matched pairs, ``FP`` = unmatched predicted lesions,
-          ``FN`` = unmatched true lesions, ``F1 = TP / (TP + (FP + FN) / 2)``. Both masks empty:
-          1; otherwise 0 when nothing matches. A true lesion split into two predicted halves, or
-          two true lesions merged into one prediction, usually scores no match (IoU < 0.5).
+          of each mask; a predicted and a true lesion can match when their IoU is
+          ``>= match_iou`` (0.2), and each lesion matches at most one partner (one-to-one,
+          greedy by decreasing IoU, exactly as panoptica's ``NaiveThresholdMatching``; see
+          :func:`lesion_detection`). ``TP`` = matched pairs, ``FP`` = unmatched predicted
+          lesions, ``FN`` = unmatched true lesions, ``F1 = TP / (TP + (FP + FN) / 2)``. Both
+          masks empty: 1; otherwise 0 when nothing matches. A true lesion split into two
+          predicted parts scores one match (the better part) and one FP as long as that part
+          has IoU >= 0.2; two true lesions merged into one prediction likewise score one match
+          and one FN; a shifted lesion still matches down to IoU 0.2.
         * ``lesion_count_diff`` = ``|#true lesions - #predicted lesions|`` (26-connectivity),
           as a float. Both empty: 0.
         * ``hd95_mm``: 95th percentile Hausdorff distance in mm. Surface voxels of a mask are
@@ -221,8 +261,11 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
           (MONAI and DeepMind's surface-distance instead take the max of the two directed
           95th percentiles; that is >= the pooled value. The pooled definition is kept because
           it is what the ISLES tooling - panoptica - and MedPy report.)
-        * ``assd_mm``: average symmetric surface distance in mm, the mean of the two directed
-          mean surface distances (MedPy / panoptica ``ASSD``).
+        * ``assd_mm``: average symmetric surface distance in mm as Wang et al. 2020, Eq. 18:
+          the mean of the pooled distances above, ``(sum d(P->L) + sum d(L->P)) / (|S_P| +
+          |S_L|)`` with ``S`` the surface voxels. (MedPy's and panoptica's ``assd`` instead
+          average the two directed means; that differs whenever the two surfaces differ in
+          size and the directed means differ.)
         * Both surface metrics: 0 when both masks are empty, NaN when exactly one is empty
           (no surface to measure to; a number such as the image diagonal would be arbitrary,
           and ``inf`` would poison every mean).
@@ -235,7 +278,7 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
 
     Raises:
         DataError: shapes differ, the masks are not 3D, values other than 0/1 (or booleans) are
-            given, or the spacing is not three positive numbers.
+            given, the spacing is not three positive numbers, or ``match_iou`` is not in [0, 1].
     """
     p = _as_mask(pred, "prediction")
     lab = _as_mask(label, "label")
@@ -248,6 +291,7 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
     if p.ndim != 3:
         raise DataError("case_metrics", f"masks must be 3D, got {p.ndim}D arrays of shape {p.shape}")
     spacing = _as_spacing(spacing_mm)
+    match_iou = _as_threshold(match_iou)
     voxel_ml = float(np.prod(spacing)) / 1000.0
 
     p, lab = _crop_to_union(p, lab, _CROP_MARGIN)
@@ -266,7 +310,7 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
     avd_ml = abs(v_pred - v_label)
     rve = (v_pred - v_label) / v_label if n_label else math.nan
 
-    lesions = lesion_detection(p, lab)
+    lesions = lesion_detection(p, lab, match_iou)
     hd95, assd = _surface_metrics(p, lab, spacing)
 
     return {
@@ -282,20 +326,36 @@ def case_metrics(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float
     }
 
 
-def lesion_detection(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """Lesion-level detection counts and F1 as in ISLES'24 (see :func:`case_metrics`).
+def lesion_detection(pred: np.ndarray, label: np.ndarray, match_iou: float = LESION_MATCH_IOU) -> dict[str, float]:
+    """Lesion-level detection counts and F1 as the ISLES'24 evaluation computes them (see :func:`case_metrics`).
+
+    Lesions are the 26-connected components of each mask (cc3d, labels in row-major raster order).
+    Matching reproduces panoptica 2.1.7's ``NaiveThresholdMatching(matching_threshold=match_iou)``
+    with its defaults (IoU, ``allow_many_to_one=False``, ``strict_threshold=False``):
+
+    1. the IoU of every (true, predicted) lesion pair that shares a voxel, listed in ascending
+       ``(predicted label, true label)`` order;
+    2. a stable sort by decreasing IoU (pairs with equal IoU keep that label order);
+    3. in that order, a pair is accepted when neither of its lesions is matched yet and its IoU is
+       ``>= match_iou``. Each lesion is matched at most once, so with ``match_iou < 0.5`` a lesion
+       that reaches two partners keeps the one with the higher IoU (or the first in label order).
 
     Args:
         pred, label: boolean 3D arrays of the same shape.
+        match_iou: IoU threshold in [0, 1]; default :data:`LESION_MATCH_IOU` (0.2, ISLES'24).
 
     Returns:
         ``{"n_pred", "n_label", "tp", "fp", "fn", "f1", "count_diff"}``; counts are ints,
-        ``f1`` is 1.0 when both masks are empty.
+        ``f1 = tp / (tp + (fp + fn) / 2)`` (panoptica's ``rq``), 1.0 when both masks are empty.
+
+    Raises:
+        DataError: ``match_iou`` is not a number in [0, 1].
     """
+    match_iou = _as_threshold(match_iou)
     lab_p, n_p = cc3d.connected_components(pred, connectivity=LESION_CONNECTIVITY, return_N=True)
     lab_l, n_l = cc3d.connected_components(label, connectivity=LESION_CONNECTIVITY, return_N=True)
     n_p, n_l = int(n_p), int(n_l)
-    tp = _matched_lesions(lab_p, n_p, lab_l, n_l) if n_p and n_l else 0
+    tp = len(_match_lesions(lab_p, n_p, lab_l, n_l, match_iou)) if n_p and n_l else 0
     fp, fn = n_p - tp, n_l - tp
     if n_p == 0 and n_l == 0:
         f1 = 1.0
@@ -304,35 +364,39 @@ def lesion_detection(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
     return {"n_pred": n_p, "n_label": n_l, "tp": tp, "fp": fp, "fn": fn, "f1": f1, "count_diff": abs(n_l - n_p)}
 
 
-def _matched_lesions(lab_p: np.ndarray, n_p: int, lab_l: np.ndarray, n_l: int) -> int:
-    """Number of one-to-one (pred, true) component pairs with IoU >= LESION_MATCH_IOU.
+def _match_lesions(lab_p: np.ndarray, n_p: int, lab_l: np.ndarray, n_l: int, match_iou: float) -> list[tuple[int, int]]:
+    """One-to-one ``(pred label, true label)`` matches, in the order panoptica accepts them.
 
-    Mirrors panoptica's NaiveThresholdMatching: IoU of every overlapping pair from one
-    ``np.unique`` over the overlapping voxels, pairs visited by decreasing IoU, each label used once.
+    IoU of every overlapping pair from one ``np.unique`` over the overlapping voxels (the same
+    table, order and float arithmetic as panoptica's ``_calc_count_matching_metric_of_overlapping_labels``),
+    then panoptica's greedy loop (``NaiveThresholdMatching._match_instances``).
     """
     both = (lab_p > 0) & (lab_l > 0)
     if not both.any():
-        return 0
+        return []
     base = n_l + 1
     codes = lab_p[both].astype(np.int64) * base + lab_l[both].astype(np.int64)
-    values, inter = np.unique(codes, return_counts=True)
+    values, inter = np.unique(codes, return_counts=True)  # ascending (pred, true) label pairs
     pair_p, pair_l = values // base, values % base
-    area_p = np.bincount(lab_p.ravel(), minlength=n_p + 1)
-    area_l = np.bincount(lab_l.ravel(), minlength=n_l + 1)
+    area_p = np.bincount(lab_p.ravel(), minlength=n_p + 1).astype(np.float64)
+    area_l = np.bincount(lab_l.ravel(), minlength=n_l + 1).astype(np.float64)
     inter = inter.astype(np.float64)
-    iou = inter / (area_l[pair_l].astype(np.float64) + area_p[pair_p].astype(np.float64) - inter)
+    iou = inter / (area_l[pair_l] + area_p[pair_p] - inter)
+    # Python's sorted(..., reverse=True) is stable; so is argsort of -iou with kind="stable".
     order = np.argsort(-iou, kind="stable")
     used_p: set[int] = set()
     used_l: set[int] = set()
+    matches: list[tuple[int, int]] = []
     for k in order:
-        if iou[k] < LESION_MATCH_IOU:
-            break
+        if iou[k] < match_iou:
+            break  # sorted by decreasing IoU: no later pair reaches the threshold either
         a, b = int(pair_p[k]), int(pair_l[k])
         if a in used_p or b in used_l:
             continue
         used_p.add(a)
         used_l.add(b)
-    return len(used_p)
+        matches.append((a, b))
+    return matches
 
 
 def surface_distances(pred: np.ndarray, label: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -368,8 +432,9 @@ def _surface_metrics(p: np.ndarray, lab: np.ndarray, spacing: tuple[float, ...])
     if has_p != has_l:
         return math.nan, math.nan
     d_pl, d_lp = _directed_surface_distances(p, lab, spacing)
-    hd95 = float(np.percentile(np.concatenate([d_pl, d_lp]), HD_PERCENTILE))
-    assd = float((d_pl.mean() + d_lp.mean()) / 2.0)
+    pooled = np.concatenate([d_pl, d_lp])
+    hd95 = float(np.percentile(pooled, HD_PERCENTILE))
+    assd = float(pooled.mean())  # Wang et al. 2020, Eq. 18: mean over both surfaces' voxels
     return hd95, assd
 
 
@@ -397,6 +462,16 @@ def _as_mask(arr, what: str) -> np.ndarray:
             "case_metrics", f"{what} mask has values other than 0 and 1", "threshold probabilities first, e.g. `pred > 0.5`"
         )
     return a != 0
+
+
+def _as_threshold(match_iou) -> float:
+    try:
+        value = float(match_iou)
+    except (TypeError, ValueError) as exc:
+        raise DataError("lesion_detection", f"match_iou={match_iou!r} is not a number") from exc
+    if not 0.0 <= value <= 1.0:
+        raise DataError("lesion_detection", f"match_iou={value} must be an IoU in [0, 1]", "ISLES'24 uses 0.2")
+    return value
 
 
 def _as_spacing(spacing, ndim: int = 3) -> tuple[float, ...]:

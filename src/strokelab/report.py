@@ -10,7 +10,13 @@ column plus the columns of :data:`strokelab.metrics.METRIC_COLUMNS` (as returned
   ``by="lesion_size"``, and the x axis of the plots);
 * ``pred_ml``: predicted lesion volume in ml (if absent, the plots derive it from
   ``lesion_ml`` and ``rve`` / ``avd_ml``);
-* ``model``: the model's name, when one table holds several models.
+* ``model``: the model's name, when one table holds several models;
+* ``params_m``: the model's number of trainable parameters in millions (the same on every row
+  of a model), shown by :func:`paper_table`.
+
+:func:`paper_table` prints several models in the layout of Wang et al. 2020 (Tables 3-5, the
+ISLES'18 winner, ``shared/seeds``) and :func:`strata_table` their Dice by lesion-size stratum
+(Fig. 10); ``python -m strokelab.report RUN_DIR --layout wang [--strata wang]`` prints both.
 
 NaN metric values (the documented "undefined" cases of ``case_metrics``, e.g. ``hd95_mm`` when
 exactly one mask is empty) are left out of every statistic and counted in ``n_nan``.
@@ -40,6 +46,31 @@ LESION_BIN_EDGES_ML: tuple[float, ...] = (5.0, 20.0, 70.0)
 
 LESION_BIN_LABELS: tuple[str, ...] = ("<5 ml", "5-20 ml", "20-70 ml", ">=70 ml")
 """Labels of the lesion-volume bins, in order."""
+
+WANG_STRATA_LABELS: tuple[str, ...] = ("<10 ml", "10-50 ml", ">50 ml")
+"""Lesion-size strata of Wang et al. 2020 (Section 4.4, Fig. 10): ``< 10``, ``10 - 50`` and ``> 50`` ml
+(cc); 10 and 50 ml themselves fall in the middle stratum, as the paper's ``<`` and ``>`` say."""
+
+STRATA: tuple[str, ...] = ("wang", "default")
+"""Names accepted by :func:`strata_table`: Wang's three strata, or the 5/20/70 ml bins of :func:`summarize_by`."""
+
+PAPER_LAYOUTS: tuple[str, ...] = ("wang",)
+"""Layouts of :func:`paper_table`."""
+
+WANG_COLUMNS: tuple[str, ...] = ("params_m", "precision", "recall", "dice", "hd95_mm", "assd_mm")
+"""Default columns of :func:`paper_table` (Wang et al. Tables 3 and 4; ``params_m`` only when a table has it).
+Add ``rve`` for Table 5."""
+
+_PAPER_HEADERS = {
+    "params_m": "Params (M)",
+    "precision": "Precision (%)",
+    "recall": "Recall (%)",
+    "dice": "Dice (%)",
+    "hd95_mm": "HD95 (mm)",
+    "assd_mm": "ASSD (mm)",
+    "rve": "RVE",
+}
+_PERCENT = ("precision", "recall", "dice")
 
 LESION_SIZE = "lesion_size"
 """Value of ``by`` in :func:`summarize_by` that groups by binned ``lesion_ml``."""
@@ -240,6 +271,160 @@ def comparison_table(
             row.append(cell)
         rows.append(row)
     return _markdown_table(header, rows, right_align=range(1, len(header)))
+
+
+def paper_table(
+    named_tables: Mapping[str, pd.DataFrame],
+    layout: str = "wang",
+    columns: Sequence[str] | None = None,
+    order: Sequence[str] | None = None,
+) -> str:
+    """Several models in the layout of Wang et al. 2020, Tables 3-5: one row per model, ``mean±sd``.
+
+    Args:
+        named_tables: model name -> its per-case metrics table (e.g. :func:`collect_runs`).
+        layout: ``"wang"`` (the only layout so far).
+        columns: what to show, from ``params_m`` and the metric columns. Default
+            :data:`WANG_COLUMNS`: ``Params (M)`` (only if some table has ``params_m``),
+            ``Precision (%)``, ``Recall (%)``, ``Dice (%)``, ``HD95 (mm)``, ``ASSD (mm)``; add
+            ``"rve"`` for Table 5's ``RVE`` column.
+        order: model names in the order to print; models not named follow in their own order.
+            Default: the order of ``named_tables``.
+
+    Cells:
+        * ``precision``, ``recall``, ``dice``: mean±sd in percent, 2 decimals (``54.45±21.23``).
+        * ``hd95_mm``, ``assd_mm``: mean±sd in mm, 2 decimals. Note that Wang et al. report the
+          full Hausdorff distance (their Eq. 17, the maximum); ``hd95_mm`` is its
+          95th-percentile variant, so the column is headed ``HD95``.
+        * ``rve``: mean±sd of ``|rve|``. Wang et al. define ``RVE = abs(Vg - Vs) / Vg``, always
+          >= 0, while :func:`strokelab.metrics.case_metrics` stores the signed
+          ``(V(P) - V(L)) / V(L)``; the table shows the absolute value, as a fraction (2 decimals).
+        * ``params_m``: the model's parameters in millions, 2 decimals; ``n/a`` when its table
+          has no ``params_m``.
+        * other metric columns: mean±sd with the decimals of :func:`comparison_table`.
+
+        ``sd`` is the sample standard deviation (ddof=1; ``nan`` for a single case). NaN values (undefined metrics) are
+        left out and counted: `` (k nan)`` is appended to the cell. ``n/a``: the table lacks
+        the column.
+
+    Raises:
+        DataError: no models, an unknown layout, column or model name, or a model whose
+            ``params_m`` differs between rows.
+    """
+    if not named_tables:
+        raise DataError("paper_table", "no models to tabulate")
+    if layout not in PAPER_LAYOUTS:
+        raise DataError("paper_table", f"unknown layout {layout!r}", f"choose from {list(PAPER_LAYOUTS)}")
+    if columns is None:
+        has_params = any("params_m" in frame.columns for frame in named_tables.values())
+        columns = [c for c in WANG_COLUMNS if c != "params_m" or has_params]
+    columns = list(columns)
+    unknown = [c for c in columns if c != "params_m" and c not in METRIC_COLUMNS]
+    if unknown:
+        raise DataError("paper_table", f"unknown column(s) {unknown}", f"choose from {['params_m', *METRIC_COLUMNS]}")
+    header = ["Model", *(_PAPER_HEADERS.get(c, c) for c in columns)]
+    rows = []
+    for name in _ordered_names(named_tables, order, "paper_table"):
+        frame = named_tables[name]
+        rows.append([str(name), *(_paper_cell(frame, c, name) for c in columns)])
+    return _markdown_table(header, rows, right_align=range(1, len(header)))
+
+
+def wang_stratum(volume_ml: float) -> str | None:
+    """Wang et al.'s lesion-size stratum of ``volume_ml`` (see :data:`WANG_STRATA_LABELS`); None if NaN."""
+    if volume_ml is None or not np.isfinite(volume_ml):
+        return None
+    if volume_ml < 10.0:
+        return WANG_STRATA_LABELS[0]
+    return WANG_STRATA_LABELS[1] if volume_ml <= 50.0 else WANG_STRATA_LABELS[2]
+
+
+def strata_table(
+    named_tables: Mapping[str, pd.DataFrame],
+    strata: str = "wang",
+    metric: str = "dice",
+    order: Sequence[str] | None = None,
+) -> str:
+    """``metric`` by true lesion volume (``lesion_ml``) for several models, as in Wang et al. Fig. 10.
+
+    One row per model (order as :func:`paper_table`), one column per stratum headed
+    ``<label> (n=<cases>)``, with ``mean±sd`` formatted as in :func:`paper_table` (Dice in %,
+    ``rve`` as mean±sd of ``|rve|``). ``strata="wang"``: ``<10``, ``10-50`` (both ends included),
+    ``>50`` ml; ``strata="default"``: the ``<5 / 5-20 / 20-70 / >=70`` ml bins of
+    :func:`summarize_by`. Every stratum is listed; a stratum without cases shows ``n/a``. A
+    column header gives the first model's case count; a cell whose model has a different count
+    in that stratum appends `` (n=k)``.
+
+    Raises:
+        DataError: no models, an unknown strata name, metric or model name, or a table without
+            ``lesion_ml``.
+    """
+    if not named_tables:
+        raise DataError("strata_table", "no models to tabulate")
+    if strata not in STRATA:
+        raise DataError("strata_table", f"unknown strata {strata!r}", f"choose from {list(STRATA)}")
+    if metric not in METRIC_COLUMNS:
+        raise DataError("strata_table", f"unknown metric {metric!r}", f"choose from {list(METRIC_COLUMNS)}")
+    labels, bin_of = (WANG_STRATA_LABELS, wang_stratum) if strata == "wang" else (LESION_BIN_LABELS, lesion_size_bin)
+    names = _ordered_names(named_tables, order, "strata_table")
+    groups = {}
+    for name in names:
+        frame = named_tables[name]
+        if "lesion_ml" not in frame.columns:
+            raise DataError("strata_table", f"the table of {name!r} has no `lesion_ml` column (true volume, ml)")
+        groups[name] = pd.to_numeric(frame["lesion_ml"], errors="coerce").astype(float).map(bin_of)
+    first = groups[names[0]]
+    counts = [int((first == label).sum()) for label in labels]
+    header = ["Model", *(f"{label} (n={n})" for label, n in zip(labels, counts))]
+    rows = []
+    for name in names:
+        frame, group = named_tables[name], groups[name]
+        row = [str(name)]
+        for label, n_first in zip(labels, counts):
+            sel = (group == label).to_numpy()
+            cell = _paper_cell(frame.loc[sel], metric, name) if sel.any() else "n/a"
+            if int(sel.sum()) != n_first:
+                cell += f" (n={int(sel.sum())})"
+            row.append(cell)
+        rows.append(row)
+    title = f"{_PAPER_HEADERS.get(metric, metric)} by true lesion volume"
+    return f"{title}\n\n" + _markdown_table(header, rows, right_align=range(1, len(header)))
+
+
+def _ordered_names(named: Mapping[str, pd.DataFrame], order: Sequence[str] | None, where: str) -> list[str]:
+    names = list(named)
+    if not order:
+        return names
+    order = [str(o) for o in order]
+    unknown = [o for o in order if o not in named]
+    if unknown:
+        raise DataError(where, f"unknown model name(s) {unknown} in the order", f"the models are {names}")
+    return list(dict.fromkeys(order)) + [n for n in names if n not in order]
+
+
+def _paper_cell(frame: pd.DataFrame, column: str, name: str) -> str:
+    if column not in frame.columns:
+        return "n/a"
+    values = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    if column == "params_m":
+        distinct = values.dropna().unique()
+        if distinct.size == 0:
+            return "n/a"
+        if np.ptp(distinct) > 1e-9 * max(1.0, float(np.abs(distinct).max())):
+            raise DataError("paper_table", f"`params_m` of model {name!r} differs between rows: {sorted(distinct)[:5]}")
+        return f"{float(distinct[0]):.2f}"
+    if column == "rve":
+        values = values.abs()  # Wang et al.: RVE = abs(Vg - Vs) / Vg
+    stats = _stats(values)
+    scale, decimals = (100.0, 2) if column in _PERCENT else (1.0, 2 if column in _PAPER_HEADERS else _DECIMALS.get(column, 3))
+
+    def number(v: float) -> str:
+        return "nan" if not np.isfinite(v) else f"{v * scale:.{decimals}f}"
+
+    cell = f"{number(stats['mean'])}±{number(stats['std'])}"
+    if stats["n_nan"]:
+        cell += f" ({stats['n_nan']} nan)"
+    return cell
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -488,18 +673,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m strokelab.report", description=main.__doc__)
     parser.add_argument("run_dir", help="a train.py run or multirun folder (e.g. logs/cv/multiruns/DATE)")
+    parser.add_argument(
+        "--layout",
+        choices=("summary", *PAPER_LAYOUTS),
+        default="summary",
+        help="summary: mean ± std of the main metrics; wang: Wang et al. 2020 Tables 3-5 (Precision/Recall/Dice in %%, "
+        "HD95/ASSD in mm, Params (M) when the tables have params_m)",
+    )
+    parser.add_argument(
+        "--columns",
+        type=_csv_list,
+        default=None,
+        help="comma-separated columns instead of the layout's default, e.g. "
+        "params_m,precision,recall,dice,hd95_mm,assd_mm,rve (rve: mean±sd of |rve|, as Wang's Table 5)",
+    )
+    parser.add_argument("--order", type=_csv_list, default=None, help="comma-separated model names: the row order")
+    parser.add_argument(
+        "--strata",
+        choices=STRATA,
+        default=None,
+        help="also print Dice by true lesion volume: wang = <10 / 10-50 / >50 ml (Fig. 10), default = 5/20/70 ml bins",
+    )
     args = parser.parse_args(argv)
     try:
         tables = collect_runs(args.run_dir)
+        if args.layout == "summary":
+            regression = all(set(REGRESSION_COLUMNS) <= set(t.columns) for t in tables.values())
+            metrics = args.columns or (REGRESSION_COLUMNS if regression else None)
+            ordered = {name: tables[name] for name in _ordered_names(tables, args.order, "report")}
+            text = comparison_table(ordered, **({"metrics": metrics} if metrics else {}))
+        else:
+            text = paper_table(tables, layout=args.layout, columns=args.columns, order=args.order)
+        if args.strata:
+            blocks = [strata_table(tables, args.strata, "dice", args.order)]
+            if args.columns and "rve" in args.columns:
+                blocks.append(strata_table(tables, args.strata, "rve", args.order))
+            text = "\n\n".join([text, *blocks])
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     for model, table in tables.items():
         write_report(table, Path(args.run_dir) / "summary" / model, title=f"{model}, pooled held-out folds")
-    regression = all(set(REGRESSION_COLUMNS) <= set(t.columns) for t in tables.values())
-    print(comparison_table(tables, **({"metrics": REGRESSION_COLUMNS} if regression else {})))
+    print(text)
     print(f"reports: {Path(args.run_dir) / 'summary'}/<model>/summary.md")
     return 0
+
+
+def _csv_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 if __name__ == "__main__":
