@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -488,3 +489,126 @@ def test_command_line(tmp_path, monkeypatch, capsys):
     assert phantom.main([str(tmp_path / "foreign"), "--cases", "2"]) != 0
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------- ISLES'18 layout
+# Two TRAINING cases and one TESTING case on thick slabs: 48x48 voxels of 4.5 mm, 3-5 slices 9 mm apart,
+# 43-50 frames 1 s apart (an adult head in the field of view, few voxels).
+TINY18 = PhantomConfig(
+    layout="isles18",
+    n_cases=2,
+    n_testing=1,
+    seed=3,
+    shape=(48, 48, 4),
+    spacing=(4.5, 4.5, 9.0),
+    n_slices_range=(3, 5),
+    n_frames=43,
+    n_frames_range=(43, 50),
+    frame_interval_s=1.0,
+)
+ISLES18_MODALITIES = ["ncct", "ctp", "cbf", "cbv", "mtt", "tmax", "dwi"]
+
+
+@pytest.fixture(scope="module")
+def dataset18(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom18") / "ds"
+    assert generate(root, TINY18, workers=1) == ["case_1", "case_2", "case_3"]
+    return root
+
+
+def test_isles18_phantom_is_read_by_the_layout_reader(dataset18):
+    from strokelab.data.check import load_case
+    from strokelab.data.layouts import case_ids, detect_layout, discover
+
+    assert detect_layout(dataset18) == "isles18"
+    assert case_ids(dataset18) == ["case_1", "case_2", "case_3"]
+    assert sorted(p.name for p in (dataset18 / "TRAINING").iterdir()) == ["case_1", "case_2"]
+    assert sorted(p.name for p in (dataset18 / "TESTING").iterdir()) == ["case_3"]
+    assert not (dataset18 / "derivatives").exists() and not (dataset18 / "phenotype").exists()
+    ids = set()
+    for case in discover(dataset18, ISLES18_MODALITIES, ids=["case_1", "case_2"]):
+        assert case.layout == "isles18" and case.label.is_file()
+        for path in [*case.images.values(), case.label]:
+            assert path.suffix == ".nii" and path.read_bytes()[344:348] == b"n+1\x00", path  # uncompressed NIfTI-1
+            ids.add(path.name.split(".")[-2])
+        loaded = load_case(case)  # the platform's checks accept it: one grid, a 4D CTP, a binary mask
+        ctp = nib.load(case.images["ctp"])
+        assert ctp.shape[:2] == (48, 48) and 3 <= ctp.shape[2] <= 5 and 43 <= ctp.shape[3] <= 50
+        assert ctp.header.get_zooms()[2:] == pytest.approx((9.0, 1.0))
+        assert loaded.images["ctp"].shape == ctp.shape
+    assert len(ids) == 16  # every file has its own id
+    testing = discover(dataset18, ISLES18_MODALITIES[:-1], ids=["case_3"])[0]
+    assert all(p.is_file() for p in testing.images.values()) and not testing.label.exists()
+    assert not [p for p in (dataset18 / "TESTING" / "case_3").iterdir() if ".MR_DWI." in p.name or ".OT." in p.name]
+    table = pd.read_csv(dataset18 / "phantom_truth" / "cases.csv")
+    assert list(table["case"]) == ["case_1", "case_2", "case_3"]
+    assert (dataset18 / "phantom_truth" / "case_3" / "case_3_tmax.nii.gz").is_file()
+
+
+def test_isles18_dwi_is_the_isles24_dwi_with_a_bright_lesion(dataset18):
+    from strokelab.data.layouts import discover
+
+    as_isles24 = dataclasses.replace(TINY18, layout="isles24", n_testing=0)
+    for i, case in enumerate(discover(dataset18, ["dwi", "tmax"], ids=["case_1", "case_2"])):
+        written = _arr(nib.load(case.images["dwi"]))
+        images = generate_case(i, as_isles24)
+        np.testing.assert_array_equal(written, _arr(images["dwi"]))
+        mask = _arr(nib.load(case.label)).astype(bool)
+        np.testing.assert_array_equal(mask, _arr(images["lesion-msk"]).astype(bool))
+        tissue = _arr(images["truth_tissue"])
+        brain = (tissue == 4) | (tissue == 5)
+        assert mask.sum() >= 5  # 15 and 49 ml: both cases have a lesion
+        assert written[mask].mean() > 1.2 * written[brain & ~mask].mean()
+        # The maps deconvolved from the thick-slab CTP follow the truth (Pearson r of Tmax 0.59, 0.77 measured).
+        tmax = _arr(nib.load(case.images["tmax"]))
+        assert stats.pearsonr(tmax[brain], _arr(images["truth_tmax"])[brain])[0] > 0.4
+
+
+def test_isles18_is_current_and_switching_layouts(dataset18, tmp_path):
+    assert is_current(dataset18, TINY18) and is_current(dataset18, TINY18.to_dict())
+    assert not is_current(dataset18, dataclasses.replace(TINY18, layout="isles24", n_testing=0))
+    assert not is_current(dataset18, dataclasses.replace(TINY18, n_testing=0))
+    # A phantom root rewritten in the other layout holds that layout only.
+    root = tmp_path / "switch"
+    shutil.copytree(dataset18, root)
+    (root / "isles18_multimodal_5fold_volumestratified.json").write_text("{}")
+    one = dataclasses.replace(TINY, n_cases=1)
+    generate(root, one)
+    assert not (root / "TRAINING").exists() and not (root / "TESTING").exists()
+    assert sorted(p.name for p in (root / "phantom_truth").iterdir() if p.is_dir()) == ["sub-stroke0001"]
+    assert not (root / "isles18_multimodal_5fold_volumestratified.json").exists()  # a stale fold file
+    assert is_current(root, one) and not is_current(root, TINY18)
+
+
+def test_isles18_config_defaults_and_per_case_grids():
+    cfg = PhantomConfig(layout="isles18")
+    assert cfg.shape[:2] == (128, 128) and cfg.spacing[:2] == (1.8, 1.8) and cfg.frame_interval_s == 1.0
+    assert PhantomConfig(**cfg.to_dict()) == cfg
+    grids = [phantom.case_config(i, cfg) for i in range(12)]
+    assert all(4 <= g.shape[2] <= 8 and 8.0 <= g.spacing[2] <= 10.0 and 43 <= g.n_frames <= 64 for g in grids)
+    assert len({g.shape[2] for g in grids}) > 1 and len({g.n_frames for g in grids}) > 1  # they vary per case
+    fixed = PhantomConfig(layout="isles18", shape=(64, 64, 6))  # a given shape is one grid for every case
+    assert fixed.n_slices_range is None and phantom.case_config(5, fixed).shape == (64, 64, 6)
+    assert PhantomConfig() == PhantomConfig(shape=(96, 112, 28), spacing=(2.0, 2.0, 5.0), n_frames=32, frame_interval_s=1.5)
+    for bad in (
+        {"layout": "isles99"},
+        {"n_testing": 2},  # TESTING cases exist in the ISLES'18 layout only
+        {"layout": "isles18", "n_testing": -1},
+        {"layout": "isles18", "n_slices_range": (5, 3)},
+        {"layout": "isles18", "n_frames_range": (10, 30)},  # 10 frames of 1 s cover too little
+        {"shape": (64, 64, 1)},
+    ):
+        with pytest.raises(ConfigError):
+            PhantomConfig(**bad)
+
+
+def test_command_line_writes_isles18(tmp_path):
+    import subprocess
+
+    root = tmp_path / "cli18"  # the ISLES'18 default grid: five cases (enough for the 5-fold file) take seconds
+    args = [str(root), "--layout", "isles18", "--cases", "5", "--testing", "1", "--workers", "1", "--maps", "vendor"]
+    out = subprocess.run([sys.executable, "-m", "strokelab.data.phantom", *args], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "wrote 6 phantom cases" in out.stdout and "isles18_multimodal_5fold_volumestratified.json" in out.stdout
+    assert is_current(root, PhantomConfig(layout="isles18", n_cases=5, n_testing=1, maps="vendor"))
+    assert len(list((root / "TRAINING").glob("case_*/SMIR.Brain.XX.O.OT.*/*.nii"))) == 5

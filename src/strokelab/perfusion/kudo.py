@@ -43,10 +43,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from strokelab.data.phantom import K_H, RHO_TISSUE
-from strokelab.data.phantom import gamma_variate as phantom_gamma_variate
 from strokelab.perfusion.deconvolution import METHODS, oscillation_index
 from strokelab.perfusion.maps import CurveAnalyser, PerfusionSettings
+from strokelab.perfusion.physics import K_H, RHO_TISSUE
+from strokelab.perfusion.physics import gamma_variate as phantom_gamma_variate
 
 RESIDUES = ("exponential", "box", "linear")
 KH = K_H  # the phantom's haematocrit factor (1 - 0.45) / (1 - 0.25)

@@ -46,9 +46,9 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from strokelab.data.phantom import HCT_LARGE_VESSEL, HCT_SMALL_VESSEL, RHO_TISSUE
 from strokelab.errors import ConfigError, DataError
 from strokelab.perfusion.deconvolution import DeconvolutionSettings, Deconvolver
+from strokelab.perfusion.physics import HCT_LARGE_VESSEL, HCT_SMALL_VESSEL, RHO_TISSUE
 
 log = logging.getLogger(__name__)
 
