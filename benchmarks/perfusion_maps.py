@@ -34,10 +34,10 @@ import tracemalloc
 
 import numpy as np
 
-from strokelab.perfusion.deconvolution import DeconvolutionSettings, Deconvolver
-from strokelab.perfusion.kudo import gamma_variate
 from strokelab.perfusion import maps as maps_module
+from strokelab.perfusion.deconvolution import DeconvolutionSettings, Deconvolver
 from strokelab.perfusion.derive import DERIVED_MAP_SETTINGS
+from strokelab.perfusion.kudo import gamma_variate
 from strokelab.perfusion.maps import PerfusionSettings, compute_maps
 
 SPACING = (0.45, 0.45, 2.0)  # mm, as an ISLES'24-like CTP

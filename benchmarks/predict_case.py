@@ -28,11 +28,10 @@ from hydra.utils import instantiate
 from strokelab.data.check import load_case
 from strokelab.data.layouts import discover, label_path, modality_path
 from strokelab.data.phantom import PhantomConfig, generate_case
-from strokelab.data.preprocess import Preprocessing, preprocess_loaded, to_native
+from strokelab.data.preprocess import Preprocessing, Serve, preprocess_loaded, to_native
 from strokelab.entry import register_resolvers
-from strokelab.inference import NetworkPredictor, write_mask
+from strokelab.inference import ModelPredictor, write_mask
 from strokelab.metrics import case_metrics
-from strokelab.nn.sliding_window import sliding_window_inference
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_MASK = REPO.parent / "shared/data/real/isles24/derivatives/sub-stroke0014/ses-02/sub-stroke0014_ses-02_lesion-msk.nii.gz"
@@ -79,15 +78,9 @@ def main() -> None:
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("train")
     if args.ckpt:
-        predictor = NetworkPredictor.from_checkpoint(args.ckpt, device="cpu")
+        predictor = ModelPredictor.from_checkpoint(args.ckpt, device="cpu")
     else:
-        predictor = NetworkPredictor(
-            instantiate(cfg.model.net),
-            list(cfg.data.modalities),
-            Preprocessing.from_config(cfg.data.preprocess),
-            dict(cfg.model.inference),
-            device="cpu",
-        )
+        predictor = ModelPredictor(instantiate(cfg.model), Preprocessing.from_config(cfg.data.preprocess), device="cpu")
     rows: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -105,17 +98,11 @@ def main() -> None:
             loaded = load_case(case)
             times["read + check"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            entry = preprocess_loaded(loaded, predictor.prep)
+            entry = preprocess_loaded(loaded, predictor.prep, Serve.make(predictor.modalities, ()))
             times["preprocess"] = time.perf_counter() - t0
             t0 = time.perf_counter()
-            inf = predictor.inference
-            logits = sliding_window_inference(
-                predictor.net,
-                entry["image"][None],
-                patch_size=inf["patch_size"],
-                overlap=inf["overlap"],
-                batch_size=inf["batch_size"],
-            )
+            volumes = {m: entry["images"][m][None] for m in predictor.modalities}
+            logits = predictor.model.predict_volume(volumes)["logits"]
             prob = torch.sigmoid(logits)[0, 0].numpy()
             times["network (sliding window)"] = time.perf_counter() - t0
             t0 = time.perf_counter()

@@ -16,7 +16,7 @@ import numpy as np
 from strokelab.data.check import load_case
 from strokelab.data.layouts import discover
 from strokelab.data.phantom import PhantomConfig, generate, is_current
-from strokelab.data.preprocess import Preprocessing, preprocess_loaded
+from strokelab.data.preprocess import Preprocessing, Serve, preprocess_loaded
 
 BASE = {
     "spacing": [2.0, 2.0, 5.0],
@@ -32,10 +32,10 @@ def voxels(cases, sigma_mm: float):
     prep = Preprocessing.from_config({**BASE, "series_smooth_mm": sigma_mm})
     xs, ys = [], []
     for case in cases:
-        entry = preprocess_loaded(load_case(case, "replace"), prep, target="tmax")
-        target = entry["target"][0].numpy()
+        entry = preprocess_loaded(load_case(case, "replace"), prep, Serve.make(["ctp"], ["tmax"]))
+        target = entry["images"]["tmax"][0].numpy()
         brain = target != 0
-        xs.append(entry["image"].numpy()[:, brain].T)
+        xs.append(entry["images"]["ctp"].numpy()[:, brain].T)
         ys.append(target[brain])
     return xs, ys
 

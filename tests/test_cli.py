@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import REAL_ISLES24_MASK, write_case
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -70,9 +71,9 @@ def test_train_configs_compose_and_instantiate(overrides):
     if cfg.model._target_.endswith("ThresholdBaseline"):
         assert instantiate(cfg.model).rule == "union"
         return
-    task = instantiate(cfg.model, loss=instantiate(cfg.loss))
-    assert task.net.required_divisor and len(task.modalities) == len(cfg.data.modalities)
-    assert cfg.baseline._target_.endswith("ThresholdBaseline")
+    model = instantiate(cfg.model)
+    assert model.net.required_divisor and model.inputs == list(cfg.data.modalities) and model.mask_output == "logits"
+    assert set(model.loss_terms) == {"seg"} and cfg.baseline._target_.endswith("ThresholdBaseline")
 
 
 def test_experiments_override_what_they_say():
@@ -140,18 +141,16 @@ def test_bad_checkpoints_end_in_one_line(trained, tmp_path):
     one_error_line(
         run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={tmp_path / 'nope.ckpt'}"), "nope.ckpt", "does not exist"
     )
-    one_error_line(
-        run(
-            "predict.py",
-            f"input={case}",
-            f"output={tmp_path}",
-            f"ckpt={run_dir / 'checkpoints' / 'last.ckpt'}",
-            "model=unet",
-            "model.net.channels=[8,16,32,64]",
-        ),
-        "last.ckpt",
-        "does not match",
-    )
+    good = run_dir / "checkpoints" / "last.ckpt"
+    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={good}", "model=unet"), "model", "drop model=")
+    ckpt = torch.load(good, map_location="cpu", weights_only=False)
+    ckpt["strokelab"]["model"]["net"]["_target_"] = "strokelab.nn.unet.NoSuchNet"
+    torch.save(ckpt, tmp_path / "renamed.ckpt")
+    renamed = run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={tmp_path / 'renamed.ckpt'}")
+    one_error_line(renamed, "renamed.ckpt", "does not build")
+    ckpt["strokelab"] = {"format": 1, "net": {}, "modalities": ["cbf"]}
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={tmp_path / 'old.ckpt'}"), "format 1")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     one_error_line(run("predict.py", f"input={case}", f"output={tmp_path}", f"ckpt={garbage}"), "garbage.ckpt")
@@ -225,7 +224,7 @@ def _perfusion(case_dir: Path, name: str) -> Path:
 
 
 BREAKAGES = {
-    "missing modality": (lambda d, a: _perfusion(d, "cbv").unlink(), "cbv.nii.gz", "missing"),
+    "missing modality": (lambda d, a: _perfusion(d, "cbv").unlink(), "cbv.nii.gz", "lacks the input"),
     "truncated file": (
         lambda d, a: _perfusion(d, "mtt").write_bytes(_perfusion(d, "mtt").read_bytes()[:-300]),
         "mtt.nii.gz",

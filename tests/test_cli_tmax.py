@@ -38,13 +38,14 @@ def test_table1_design_composes_three_networks_three_rates_six_folds():
         params = cfg.hydra.sweeper.params
         assert params["model"] == "tmax_linear,tmax_two_layer,tmax_unet"
         assert params["model.optimizer.lr"] == "1e-5,1e-4,1e-3" and params["data.fold"] == "0,1,2,3,4,5"
-        assert cfg.data.n_folds == 6 and cfg.trainer.max_epochs == 25 and cfg.data.target == "tmax"
+        assert cfg.data.n_folds == 6 and cfg.trainer.max_epochs == 25 and cfg.model.target == "tmax"
         assert cfg.loss._target_.endswith("MSELoss") and cfg.monitor.mode == "min"
         for model in ("tmax_linear", "tmax_two_layer", "tmax_unet"):
             job = compose("train", overrides=["experiment=tmax", f"model={model}", "loss=asymmetric_mse"])
-            task = instantiate(job.model, loss=instantiate(job.loss))
-            assert type(task).__name__ == "RegressionTask" and task.loss.over_weight == 2.0
-            first = next(m for m in task.net.modules() if hasattr(m, "in_channels"))
+            model = instantiate(job.model)
+            assert type(model).__name__ == "RegressionModel" and model.loss_terms["regression"].fn.over_weight == 2.0
+            assert model.outputs["tmax"].kind == "map" and model.loss_terms["regression"].voxel_weight == "reference_brain"
+            first = next(m for m in model.net.modules() if hasattr(m, "in_channels"))
             assert first.in_channels == job.data.preprocess.frames == 32
 
 

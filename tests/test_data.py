@@ -15,7 +15,7 @@ from conftest import MAPS, REAL_ISLES24_MASK
 from strokelab.data.check import check_case, load_case
 from strokelab.data.folds import ensure_fold_file, read_fold_file, stratified_folds
 from strokelab.data.layouts import FOLD_FILE_NAME, discover, resolve_input
-from strokelab.data.preprocess import Preprocessing, load_or_preprocess, preprocess_loaded, to_native
+from strokelab.data.preprocess import Preprocessing, load_or_preprocess, preprocess_loaded, stack_inputs, to_native
 from strokelab.errors import ConfigError, DataError
 from strokelab.inference import mask_image
 
@@ -28,6 +28,7 @@ def test_discover_reads_layout_both_label_namings_and_clinical(tiny_root):
     assert cases[1].label.name == "sub-stroke0002_ses-02_space-ncct_lesion-msk.nii.gz"
     assert cases[3].images["tmax"].parent.name == "perfusion-maps"
     assert cases[3].clinical["nihss_admission"] == 6 and cases[3].centre == "C1"
+    assert all(c.layout == "isles24" for c in cases)  # detected from derivatives/ (ISLES'18: tests/test_isles18.py)
 
 
 def test_resolve_input_accepts_root_or_case_folder(tiny_root):
@@ -128,16 +129,14 @@ def test_preprocessing_resamples_crops_normalises_and_maps_back(tiny_root):
     case = _case(tiny_root)
     loaded = load_case(case)
     entry = preprocess_loaded(loaded, Preprocessing(spacing=(3.0, 3.0, 5.0), crop_margin_mm=3.0))
-    image = entry["image"].numpy()
+    image = stack_inputs(entry).numpy()
     assert image.shape[0] == 4 and image.shape[1] < 32 * 2 / 3 + 2  # 2 mm -> 3 mm, then cropped to the head
     spacing = np.linalg.norm(entry["affine"][:3, :3], axis=0)
     assert np.allclose(spacing, (3.0, 3.0, 5.0))
     fg = image[0] != 0
     assert abs(image[0][fg].mean()) < 1e-3 and abs(image[0][fg].std() - 1) < 1e-3
-    back = (
-        to_native(entry["label"][0].numpy().astype(np.float32), entry["affine"], entry["native_shape"], entry["native_affine"])
-        > 0.5
-    )
+    label = entry["images"]["label"][0].numpy().astype(np.float32)
+    back = to_native(label, entry["affine"], entry["native_shape"], entry["native_affine"]) > 0.5
     truth = loaded.label
     dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())
     assert back.shape == truth.shape and dice > 0.85
@@ -152,7 +151,7 @@ def test_cache_is_reused_and_redone_when_a_source_changes(tiny_root, tmp_path, m
     monkeypatch.setattr(prep_mod, "preprocess_loaded", lambda *a: calls.append(1) or real(*a))
     first = load_or_preprocess(case, prep, tmp_path / "cache")
     second = load_or_preprocess(case, prep, tmp_path / "cache")
-    assert len(calls) == 1 and np.array_equal(first["image"], second["image"])
+    assert len(calls) == 1 and np.array_equal(stack_inputs(first), stack_inputs(second))
     assert len(list((tmp_path / "cache").rglob("*.pt"))) == 1
     load_or_preprocess(case, Preprocessing(spacing=(3.0, 3.0, 5.0)), tmp_path / "cache")  # other config: other key
     assert len(calls) == 2
@@ -165,15 +164,15 @@ def test_cache_is_reused_and_redone_when_a_source_changes(tiny_root, tmp_path, m
 PARALLEL_PREPARE = """
 import sys, torch, torch.storage
 from strokelab.data.layouts import discover
-from strokelab.data.preprocess import Preprocessing, prepare_cases
+from strokelab.data.preprocess import Preprocessing, prepare_cases, stack_inputs
 root, cache, maps = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
 cases = discover(root, maps)
 # Held, as another thread of a long-lived process may hold it at the moment a worker is forked.
 with torch.storage._share_memory_lock:
     entries = prepare_cases(cases, Preprocessing(), cache, workers=2)
 again = prepare_cases(cases, Preprocessing(), None)
-assert [len(e["image"]) for e in entries] == [len(e["image"]) for e in again]
-assert all(torch.equal(a["image"], b["image"]) for a, b in zip(entries, again))
+assert [len(stack_inputs(e)) for e in entries] == [len(stack_inputs(e)) for e in again]
+assert all(torch.equal(stack_inputs(a), stack_inputs(b)) for a, b in zip(entries, again))
 print("ok", len(entries))
 """
 
@@ -224,7 +223,7 @@ def test_to_native_round_trip_on_real_isles_geometry():
         Case("x", REAL_ISLES24_MASK.parent, {"tmax": REAL_ISLES24_MASK}, None), {"tmax": truth.astype(np.float32)}, ref, None
     )
     entry = preprocess_loaded(loaded, Preprocessing(spacing=prep.spacing, normalize="none", crop_to_head=False))
-    back = to_native(entry["image"][0].numpy(), entry["affine"], entry["native_shape"], entry["native_affine"]) > 0.5
+    back = to_native(entry["images"]["tmax"][0].numpy(), entry["affine"], entry["native_shape"], entry["native_affine"]) > 0.5
     dice = 2 * (back & truth).sum() / (back.sum() + truth.sum())
     assert back.shape == truth.shape and dice > 0.9
 

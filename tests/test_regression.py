@@ -12,7 +12,7 @@ from conftest import write_ctp
 
 from strokelab.data.check import check_headers, load_case
 from strokelab.data.layouts import discover
-from strokelab.data.preprocess import Preprocessing, preprocess_loaded, skull_strip
+from strokelab.data.preprocess import Preprocessing, Serve, preprocess_loaded, skull_strip
 from strokelab.errors import DataError
 from strokelab.losses import AsymmetricMSELoss, MSELoss
 from strokelab.metrics import regression_metrics, ssim_map
@@ -95,9 +95,9 @@ def test_regression_metrics_units_region_and_ssim_reference():
 def test_4d_preprocessing_time_as_channels_skull_strip_and_minmax(ctp_root):
     case = discover(ctp_root, ["ctp", "tmax"], with_label=False)[0]
     prep = Preprocessing.from_config(TMAX_PREP)
-    entry = preprocess_loaded(load_case(case, prep.nan_policy), prep, target="tmax")
-    image, target, brain = entry["image"], entry["target"], entry["brain"]
-    assert entry["modalities"] == ["ctp"] and entry["channels"] == {"ctp": 8}
+    entry = preprocess_loaded(load_case(case, prep.nan_policy), prep, Serve.make(["ctp"], ["tmax"]))
+    image, target, brain = entry["images"]["ctp"], entry["images"]["tmax"], entry["images"]["brain"]
+    assert entry["inputs"] == ["ctp"] and entry["channels"] == {"ctp": 8}
     assert image.shape[0] == 8 and target.shape[1:] == image.shape[1:] and brain.shape[1:] == image.shape[1:]
     inside = brain[0].bool()
     assert float(image[:, inside].min()) >= 0.0 and float(image[:, inside].max()) == pytest.approx(1.0)
@@ -143,21 +143,22 @@ def test_isles24_ctp_header_without_tilt_is_read_on_the_maps_grid(ctp_root, capl
         check_headers([case])
 
 
-def test_regression_task_learns_tmax_on_tiny_data(ctp_root, tmp_path, single_thread):
-    """A few hundred steps of the two-layer network beat predicting the mean Tmax of the brain."""
+def fit_tmax_two_layer(root, cache, seed: int, epochs: int = 24, lr: float = 1e-2, anneal: bool = True) -> tuple[float, float]:
+    """(validation MAE, MAE of predicting the mean brain Tmax) after training the two-layer network."""
     import lightning as L
     from omegaconf import OmegaConf
 
     from strokelab.data.datamodule import StrokeDataModule
-    from strokelab.tasks.regression import RegressionTask
+    from strokelab.models import RegressionModel
+    from strokelab.tasks.task import Task
 
-    L.seed_everything(0)
+    L.seed_everything(seed)
     dm = StrokeDataModule(
-        root=str(ctp_root),
+        root=str(root),
         modalities=["ctp"],
-        target="tmax",
+        targets=["tmax"],
         preprocess=TMAX_PREP,
-        cache_dir=str(tmp_path / "cache"),
+        cache_dir=str(cache),
         patch_size=(16, 16, 4),
         batch_size=4,
         samples_per_volume=4,
@@ -165,32 +166,44 @@ def test_regression_task_learns_tmax_on_tiny_data(ctp_root, tmp_path, single_thr
         sampler="brain",
         label_probabilities=None,
     )
-    optimizer = OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-2})
     from hydra.utils import instantiate
 
-    task = RegressionTask(
+    model = RegressionModel(
         VoxelwiseTwoLayer(8),
-        MSELoss(),
-        instantiate(optimizer),
         ["ctp"],
+        "tmax",
         value_range=(0, 20),
+        losses={"mse": {"fn": MSELoss()}},
+        optimizer=instantiate(OmegaConf.create({"_target_": "torch.optim.Adam", "_partial_": True, "lr": lr})),
+        scheduler=(lambda optimizer: torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)) if anneal else None,
         inference={"patch_size": (16, 16, 4), "batch_size": 8},
     )
     trainer = L.Trainer(
-        max_epochs=12,
+        max_epochs=epochs,
         accelerator="cpu",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
+        deterministic=True,
     )
-    trainer.fit(task, datamodule=dm)
+    trainer.fit(Task(model), datamodule=dm)
     mae = float(trainer.callback_metrics["val/mae"])
-    targets = [s["target"].data[0] for s in dm.test_subjects]
+    targets = [s["tmax"].data[0] for s in dm.val_subjects]
     brain_values = torch.cat([t[t != 0] for t in targets])
-    mean_guess = float((brain_values - brain_values.mean()).abs().mean())
-    assert mae < 0.5 * mean_guess, (mae, mean_guess)
+    return mae, float((brain_values - brain_values.mean()).abs().mean())
+
+
+def test_regression_task_learns_tmax_on_tiny_data(ctp_root, tmp_path, single_thread):
+    """A few hundred steps of the two-layer network beat predicting the mean Tmax of the brain.
+
+    Deterministic on CPU (fixed seed, one thread, deterministic algorithms), and the learning rate is annealed to
+    0 (cosine) so the last epoch's weights do not depend on the last steps' noise. The bound keeps a margin
+    measured over seeds 0-19 on this kind of machine: MAE / mean-guess MAE ranged 0.15-0.48 (0.57-0.78 with 12
+    epochs, 0.41-3.0 with 12 epochs at a constant rate: what failed on other CPUs); the test asks < 0.75."""
+    mae, mean_guess = fit_tmax_two_layer(ctp_root, tmp_path / "cache", seed=0)
+    assert mae < 0.75 * mean_guess, (mae, mean_guess)
 
 
 def test_in_plane_series_smoothing_reduces_noise_without_bleeding_from_outside():

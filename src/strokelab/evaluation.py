@@ -1,8 +1,17 @@
-"""Predict cases with any predictor (network or threshold baseline), write the masks, score them.
+"""Predict cases with any predictor (a trained model or the threshold baseline), write every output, score it.
 
-The same function serves ``predict.py`` and the test stage of ``train.py``, so a learned model and
-the threshold baseline are always scored by identical code in the cases' native geometry.
-``evaluate_maps`` does the same for regression (a predicted Tmax map against the case's own).
+The same function serves ``predict.py`` and the test stage of ``train.py``, so a learned model and the
+threshold baseline are always scored by identical code in the cases' native geometry. Per case and output:
+
+* a ``mask`` is thresholded and written as ``<case>.nii.gz`` (uint8, the reference header) and, where the case
+  has a follow-up lesion mask, scored by :func:`strokelab.metrics.case_metrics`;
+* a ``map`` (e.g. Tmax in s) is written as ``<case>_<name>.nii.gz`` (float32) and, where the case has its own
+  map of that name, scored by :func:`strokelab.metrics.regression_metrics` inside the reference brain (the map's
+  non-zero voxels), the case map clipped to the trained value range as in training; a preview PNG (reference |
+  prediction | difference) is drawn for the first cases;
+* an ``image`` (e.g. a pseudo-DWI) is written as ``<case>_<name>.nii.gz`` (float32).
+
+``metrics.csv`` (one row per scored case) and a summary follow when any case was scored.
 """
 
 from __future__ import annotations
@@ -17,113 +26,96 @@ import numpy as np
 import pandas as pd
 
 from strokelab.data.check import load_label
-from strokelab.data.layouts import Case, modality_path
-from strokelab.inference import write_mask
-from strokelab.io import atomic_path
+from strokelab.data.layouts import Case
+from strokelab.inference import Prediction, case_image_path, write_mask
+from strokelab.io import atomic_path, load_nifti, save_nifti
 from strokelab.metrics import METRIC_COLUMNS, REGRESSION_COLUMNS, case_metrics, regression_metrics, spacing_mm, voxel_volume_ml
+from strokelab.models.base import OutputSpec
 from strokelab.report import plot_map_comparison, write_report
 
 log = logging.getLogger(__name__)
-MAX_PREVIEWS = 8  # evaluate_maps draws reference | prediction | difference for this many cases
+MAX_PREVIEWS = 8  # maps: reference | prediction | difference drawn for this many cases
 
 
 class Predictor(Protocol):
     modalities: tuple[str, ...] | list[str]
+    threshold: float
 
     def name(self) -> str: ...
 
-    def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]: ...
+    def predict_case(self, case: Case) -> Prediction: ...
+
+
+def output_path(out_dir: Path, case_id: str, name: str, spec: OutputSpec) -> Path:
+    """Where an output of a case is written: the mask as ``<case>.nii.gz``, anything else ``<case>_<name>.nii.gz``."""
+    return out_dir / (f"{case_id}.nii.gz" if spec.kind == "mask" else f"{case_id}_{name.replace('_', '-')}.nii.gz")
 
 
 def evaluate_cases(
     predictor: Predictor,
     cases: list[Case],
     out_dir: str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     write_masks: bool = True,
     affine_tol_mm: float = 1e-3,
 ) -> pd.DataFrame | None:
-    """Predict every case; write ``<case>.nii.gz`` masks, and ``metrics.csv`` + a summary if labels exist.
+    """Predict every case, write every output and score what can be scored (see the module docstring).
 
-    Returns the per-case metrics table (None when no case has a label).
+    Returns the per-case metrics table (None when no case could be scored).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for case in cases:
-        t0 = time.perf_counter()
-        prob, reference = predictor.predict_case(case)
-        reference_name = Path(next(iter(case.images.values()))).name
-        mask = prob >= threshold
-        if write_masks:
-            write_mask(mask, reference, out_dir / f"{case.id}.nii.gz")
-        seconds = time.perf_counter() - t0
-        if case.label is None or not Path(case.label).exists():
-            log.info("%s: predicted in %.1f s", case.id, seconds)
-            continue
-        label = load_label(case.label, reference, affine_tol_mm, reference_name)
-        label_img = nib.load(case.label)
-        spacing = spacing_mm(label_img)
-        row = {
-            "case": case.id,
-            "fold": case.fold,
-            "centre": case.centre,
-            "lesion_ml": float(label.sum()) * voxel_volume_ml(label_img),
-            "pred_ml": float(mask.sum()) * voxel_volume_ml(label_img),
-        }
-        row.update(case_metrics(mask, label, spacing))
-        row["seconds"] = seconds
-        rows.append(row)
-        log.info("%s: dice %.3f in %.1f s", case.id, row["dice"], seconds)
-    if not rows:
-        return None
-    table = pd.DataFrame(rows, columns=["case", "fold", "centre", "lesion_ml", "pred_ml", *METRIC_COLUMNS, "seconds"])
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_report(table, out_dir, title=predictor.name())
-    return table
-
-
-def evaluate_maps(predictor, cases: list[Case], out_dir: str | Path) -> pd.DataFrame | None:
-    """Regression: predict every case's map (``predictor.target``, e.g. Tmax), write ``<case>_<target>.nii.gz``
-    (float32, the reference header), and score it against the case's own map where one exists.
-
-    Metrics (``mse``, ``mae``, ``ssim``, ``psnr``; see :func:`strokelab.metrics.regression_metrics`) are taken
-    inside the reference brain (the case map's non-zero voxels), with the case map clipped to the trained
-    value range as in training. Returns the per-case table (None when no case has its map).
-    """
-    from strokelab.io import load_nifti, save_nifti
     from strokelab.perfusion.maps import map_image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    target, value_range = predictor.target, predictor.value_range
-    rows = []
+    threshold = float(predictor.threshold if threshold is None else threshold)
+    rows, columns = [], ["case", "fold", "centre"]
     for case in cases:
         t0 = time.perf_counter()
-        values, reference = predictor.predict_case(case)
-        save_nifti(map_image(values, reference), out_dir / f"{case.id}_{target}.nii.gz")
-        seconds = time.perf_counter() - t0
-        path = case.images.get(target) or modality_path(case.root, case.id, target)
-        if not Path(path).exists():
-            log.info("%s: predicted in %.1f s", case.id, seconds)
-            continue
-        truth, _ = load_nifti(path)
-        truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
-        if value_range is not None:
-            truth = np.where(truth != 0, np.clip(truth, *value_range), 0.0)
-        span = (value_range[1] - value_range[0]) if value_range is not None else float(truth.max() - truth.min())
-        row = {"case": case.id, "fold": case.fold, "centre": case.centre}
-        row.update(regression_metrics(values, truth, truth != 0, span))
-        if len(rows) < MAX_PREVIEWS:
-            title = f"{case.id}: {predictor.name()} vs the case's {target} (MAE {row['mae']:.2f})"
-            plot_map_comparison(values, truth, out_dir / f"{case.id}_{target}.png", title, value_range)
-        row["seconds"] = seconds
-        rows.append(row)
-        log.info("%s: %s MAE %.2f in %.1f s", case.id, target, row["mae"], seconds)
+        prediction = predictor.predict_case(case)
+        row: dict = {"case": case.id, "fold": case.fold, "centre": case.centre}
+        scored = False
+        for name, spec in prediction.specs.items():
+            values = prediction.outputs[name]
+            path = output_path(out_dir, case.id, name, spec)
+            if spec.kind == "mask":
+                mask = values >= threshold
+                if write_masks:
+                    write_mask(mask, prediction.reference, path)
+                if case.label is None or not Path(case.label).exists():
+                    continue
+                reference_name = Path(next(iter(case.images.values()))).name
+                label = load_label(case.label, prediction.reference, affine_tol_mm, reference_name)
+                label_img = nib.load(case.label)
+                row["lesion_ml"] = float(label.sum()) * voxel_volume_ml(label_img)
+                row["pred_ml"] = float(mask.sum()) * voxel_volume_ml(label_img)
+                row.update(case_metrics(mask, label, spacing_mm(label_img)))
+                columns += [c for c in ("lesion_ml", "pred_ml", *METRIC_COLUMNS) if c not in columns]
+                scored = True
+                continue
+            save_nifti(map_image(values, prediction.reference), path)
+            truth_path = case_image_path(case, name)
+            if spec.kind != "map" or not truth_path.exists():
+                continue
+            truth, _ = load_nifti(truth_path)
+            truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
+            value_range = spec.value_range
+            if value_range is not None:
+                truth = np.where(truth != 0, np.clip(truth, *value_range), 0.0)
+            span = (value_range[1] - value_range[0]) if value_range is not None else float(truth.max() - truth.min())
+            row.update(regression_metrics(values, truth, truth != 0, span))
+            columns += [c for c in REGRESSION_COLUMNS if c not in columns]
+            scored = True
+            if len(rows) < MAX_PREVIEWS:
+                title = f"{case.id}: {predictor.name()} vs the case's {name} (MAE {row['mae']:.2f})"
+                plot_map_comparison(values, truth, out_dir / f"{case.id}_{name}.png", title, value_range)
+        row["seconds"] = time.perf_counter() - t0
+        summary = ", ".join(f"{k} {row[k]:.3f}" for k in ("dice", "mae") if k in row)
+        log.info("%s: %s in %.1f s", case.id, summary or "predicted", row["seconds"])
+        if scored:
+            rows.append(row)
     if not rows:
         return None
-    table = pd.DataFrame(rows, columns=["case", "fold", "centre", *REGRESSION_COLUMNS, "seconds"])
+    table = pd.DataFrame(rows, columns=[*columns, "seconds"])
     with atomic_path(out_dir / "metrics.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_report(table, out_dir, title=predictor.name())

@@ -1,154 +1,190 @@
-"""Prediction of a case with a trained network, back in the case's native geometry.
+"""Prediction of a case with a trained model, back in the case's native geometry.
 
-A checkpoint is self-contained: besides the weights it stores the network config, the input modality
-list, the preprocessing and the inference settings (see ``train``), so ``predict.py ckpt=...`` needs no
-other config. The prediction is made on the preprocessed grid with Gaussian-weighted sliding windows
-(optionally mirrored), the probability is resampled linearly onto the native grid and thresholded, and
-the mask is written with exactly the reference image's shape and affine (header copied, uint8 0/1).
+A checkpoint is self-contained: besides the weights it stores the whole model config (networks, inputs,
+targets, outputs, losses, inference settings) and the preprocessing (see ``train.checkpoint_meta``), so
+``predict.py ckpt=...`` rebuilds any model family from it alone (:meth:`ModelPredictor.from_checkpoint`).
+The prediction is made on the preprocessed grid with Gaussian-weighted sliding windows (optionally mirrored;
+slice by slice for a 2D model), and every declared output is resampled linearly onto the native grid:
 
-A regression checkpoint (e.g. Tmax from the raw CTP) predicts a map in its units instead: 0 outside the
-input's brain mask, clipped to the trained value range, resampled linearly to the native grid and written
-as float32 with the reference header. Its reference grid is the case's target map when one exists (so the
-prediction lies exactly on it), else the input's.
+* ``mask``: the lesion probability, thresholded by the caller and written as uint8 0/1 with exactly the
+  reference image's shape and affine (header copied);
+* ``map`` / ``image``: values in their units (0 outside the input's brain, clipped to the trained value range),
+  written as float32 with the reference header. The reference grid of a map output is the case's own map of
+  that name when one exists (so the prediction lies exactly on it), else the inputs'.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from strokelab.data.check import load_case
 from strokelab.data.layouts import Case, modality_path
-from strokelab.data.preprocess import Preprocessing, preprocess_loaded, to_native
-from strokelab.errors import CheckpointError
+from strokelab.data.preprocess import Preprocessing, Serve, preprocess_loaded, to_native
+from strokelab.errors import CheckpointError, DataError
 from strokelab.io import save_nifti
-from strokelab.nn.sliding_window import infer
+from strokelab.models.base import Model, OutputSpec
+
+CHECKPOINT_FORMAT = 2  # 2: the whole model config (strokelab.models); 1 (before): one network config
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-class NetworkPredictor:
-    """A trained network plus everything needed to apply it to a case on disk."""
+@dataclass
+class Prediction:
+    """Every output of one case on its native grid (mask outputs as probabilities), and the grid's image."""
+
+    outputs: dict[str, np.ndarray]
+    specs: dict[str, OutputSpec]
+    reference: nib.Nifti1Image
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        return next((self.outputs[n] for n, s in self.specs.items() if s.kind == "mask"), None)
+
+
+def case_image_path(case: Case, modality: str) -> Path:
+    return Path(case.images.get(modality) or modality_path(case.root, case.id, modality))
+
+
+class ModelPredictor:
+    """A trained model plus everything needed to apply it to a case on disk."""
 
     def __init__(
         self,
-        net: torch.nn.Module,
-        modalities: list[str],
+        model: Model,
         prep: Preprocessing,
-        inference: dict[str, Any],
-        threshold: float = 0.5,
         device: torch.device | str | None = None,
         label: str = "model",
-        target: str | None = None,
-        value_range: tuple[float, float] | None = None,
+        inference: dict | None = None,
+        weight_map: dict | None = None,
     ):
         self.device = torch.device(device) if device is not None else default_device()
-        self.target = target  # regression: the predicted map's modality (e.g. tmax); None: segmentation
-        self.value_range = None if value_range is None else (float(value_range[0]), float(value_range[1]))
-        self.net = net.to(self.device).eval()
-        self.modalities, self.prep, self.inference, self.threshold, self.label = (
-            list(modalities),
-            prep,
-            dict(inference),
-            threshold,
-            label,
-        )
+        self.model = model.to(self.device).eval()
+        self.model.inference.update(dict(inference or {}))
+        self.prep, self.label = prep, label
+        self.weight_map = weight_map
+        self.threshold = model.threshold
         self.timings: dict[str, float] = {}
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.model.inputs)
+
+    @property
+    def specs(self) -> dict[str, OutputSpec]:
+        return dict(self.model.outputs)
 
     def name(self) -> str:
         return self.label
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | Path, net_cfg: Any = None, device: torch.device | str | None = None, inference: dict | None = None
-    ) -> NetworkPredictor:
-        """Load a strokelab checkpoint. ``net_cfg`` (optional) overrides the network config it stores."""
+        cls, path: str | Path, device: torch.device | str | None = None, inference: dict | None = None
+    ) -> ModelPredictor:
+        """Rebuild the model a strokelab checkpoint stores and load its weights; one-line errors otherwise."""
+        from hydra.errors import InstantiationException
         from hydra.utils import instantiate
+        from omegaconf import OmegaConf
 
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(path, "checkpoint does not exist", "give ckpt=PATH to a .ckpt written by train.py")
+        meta, state = read_checkpoint(path)
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file for the user
+            model = instantiate(OmegaConf.create(meta["model"]))
+        except InstantiationException as exc:
+            cause = exc.__cause__ or exc
+            detail = " ".join(str(cause).split())[:200]
             raise CheckpointError(
-                path, f"unreadable checkpoint ({type(exc).__name__})", "give a .ckpt written by train.py"
+                path,
+                f"its model config does not build here ({type(cause).__name__}: {detail})",
+                "use the strokelab version that wrote it",
             ) from None
-        meta = ckpt.get("strokelab") if isinstance(ckpt, dict) else None
-        if not meta or "state_dict" not in ckpt:
-            raise CheckpointError(path, "is not a strokelab checkpoint", "give a .ckpt written by train.py")
-        cfg = OmegaConf.create(OmegaConf.to_container(net_cfg, resolve=True) if net_cfg is not None else meta["net"])
-        net = instantiate(cfg)
-        state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        if not isinstance(model, Model):
+            raise CheckpointError(path, f"its model config builds a {type(model).__name__}, not a strokelab model", "retrain")
+        weights = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
         try:
-            net.load_state_dict(state, strict=True)
+            model.load_state_dict(weights, strict=True)
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()
             detail = first[1].strip() if len(first) > 1 else first[0]
             raise CheckpointError(
-                path,
-                f"does not match the model config ({detail[:160]})",
-                "use the model config it was trained with, or leave model unset to use the checkpoint's own",
+                path, f"weights do not match its model config ({detail[:160]})", "the file is damaged"
             ) from None
-        prep = Preprocessing.from_config(meta["preprocess"])
-        settings = {**meta["inference"], **dict(inference or {})}
         return cls(
-            net,
-            meta["modalities"],
-            prep,
-            settings,
-            meta.get("threshold", 0.5),
+            model,
+            Preprocessing.from_config(meta["preprocess"]),
             device,
-            label=meta.get("name", path.stem),
-            target=meta.get("target"),
-            value_range=meta.get("value_range"),
+            label=meta.get("name", Path(path).stem),
+            inference=inference,
+            weight_map=meta.get("weight_map"),
         )
 
-    @property
-    def task(self) -> str:
-        return "segmentation" if self.target is None else "regression"
-
     @torch.no_grad()
-    def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]:
-        """Lesion probability (or the regression map) in the case's native grid, and the grid's reference image."""
+    def predict_case(self, case: Case) -> Prediction:
+        """Every declared output of ``case`` in its native grid (see the module docstring)."""
         t0 = time.perf_counter()
-        images = {m: case.images.get(m) or modality_path(case.root, case.id, m) for m in self.modalities}
-        target = None
-        if self.target is not None:
-            target_path = case.images.get(self.target) or modality_path(case.root, case.id, self.target)
-            if Path(target_path).exists():  # read for its grid only: the prediction goes onto it
-                target, images = self.target, {self.target: target_path, **images}
+        model = self.model
+        missing = [m for m in model.inputs if not case_image_path(case, m).exists()]
+        if missing:
+            raise DataError(
+                case_image_path(case, missing[0]),
+                f"case {case.id} lacks the input(s) {missing} that this model reads ({', '.join(model.inputs)})",
+                "add the file(s), or use a model trained on what the case has",
+            )
+        images = {m: case_image_path(case, m) for m in model.inputs}
+        # A map output is put on the grid of the case's own map of that name when there is one.
+        on_grid = [n for n, s in model.outputs.items() if s.kind == "map" and case_image_path(case, n).exists()]
+        if on_grid:
+            images = {on_grid[0]: case_image_path(case, on_grid[0]), **images}
         loaded = load_case(
             Case(case.id, case.root, images, None), self.prep.nan_policy, self.prep.affine_tol_mm, self.prep.max_missing_frames
         )
-        entry = preprocess_loaded(loaded, self.prep, target)
+        serve = Serve.make(model.inputs, on_grid[:1], self.weight_map, per_slice=model.spatial_dims == 2)
+        entry = preprocess_loaded(loaded, self.prep, serve)
         t1 = time.perf_counter()
-        x = entry["image"][None].to(self.device)
-        cfg = self.inference
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda" and cfg.get("bf16", True)):
-            logits = infer(self.net, x, cfg)
-        if self.target is None:
-            prob = torch.sigmoid(logits.float())[0, 0].cpu().numpy()
-        else:
-            values = logits.float()[0, 0].cpu()
-            if entry.get("brain") is not None:
-                values = values * entry["brain"][0]
-            if self.value_range is not None:
-                values = values.clamp(*self.value_range)
-            prob = values.numpy()
+        volumes = {m: entry["images"][m][None].to(self.device) for m in model.inputs}
+        if "brain" in entry["images"]:
+            volumes["brain"] = entry["images"]["brain"][None].to(self.device)
+        bf16 = self.device.type == "cuda" and model.inference.get("bf16", True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
+            preds = model.predict_volume(volumes)
+        grids = {}
+        for n, spec in model.outputs.items():
+            values = preds[n].float()[0, 0]
+            grids[n] = (torch.sigmoid(values) if spec.kind == "mask" else values).cpu().numpy()
         t2 = time.perf_counter()
-        native = to_native(prob, entry["affine"], entry["native_shape"], entry["native_affine"])
+        native = {n: to_native(v, entry["affine"], entry["native_shape"], entry["native_affine"]) for n, v in grids.items()}
         t3 = time.perf_counter()
         self.timings = {"load_preprocess_s": t1 - t0, "network_s": t2 - t1, "to_native_s": t3 - t2}
-        return native, loaded.reference
+        return Prediction(native, dict(model.outputs), loaded.reference)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(strokelab metadata, state dict) of a checkpoint written by train.py; one-line errors otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "checkpoint does not exist", "give ckpt=PATH to a .ckpt written by train.py")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file for the user
+        raise CheckpointError(path, f"unreadable checkpoint ({type(exc).__name__})", "give a .ckpt written by train.py") from None
+    meta = ckpt.get("strokelab") if isinstance(ckpt, dict) else None
+    if not meta or "state_dict" not in ckpt:
+        raise CheckpointError(path, "is not a strokelab checkpoint", "give a .ckpt written by train.py")
+    if meta.get("format", 1) != CHECKPOINT_FORMAT or "model" not in meta:
+        raise CheckpointError(
+            path,
+            f"was written in checkpoint format {meta.get('format', 1)}; this strokelab reads format {CHECKPOINT_FORMAT}",
+            "retrain with this version (format 2 stores the whole model config)",
+        )
+    return meta, ckpt["state_dict"]
 
 
 def mask_image(mask: np.ndarray, reference: nib.Nifti1Image) -> nib.Nifti1Image:

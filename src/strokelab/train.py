@@ -1,9 +1,11 @@
 """The training run behind ``python train.py``: data -> fit -> test on the held-out fold -> table.
 
-The test stage predicts the held-out cases in their native geometry with the best checkpoint and with
-the threshold baseline (``baseline`` in the config), scores both with the same code
-(``evaluation.evaluate_cases``) and prints one comparison table. A regression run (``data.target`` set,
-e.g. Tmax from the raw CTP) is tested the same way by ``evaluation.evaluate_maps``.
+The model (``conf/model/``) declares what it reads and writes; the data module serves exactly that, with
+validation cases drawn from the training folds (they choose the best checkpoint and are what sweepers
+optimise). After fitting, the test stage predicts the held-out fold -- touched by nothing before -- in its
+native geometry with the best checkpoint and with the threshold baseline (``baseline`` in the config, for
+models that write a mask), scores both with the same code (``evaluation.evaluate_cases``) and prints one
+comparison table that says where the checkpoint was chosen.
 """
 
 from __future__ import annotations
@@ -28,28 +30,39 @@ def is_threshold(model_cfg: Any) -> bool:
     return model_cfg is not None and model_cfg.get("_target_") == THRESHOLD_TARGET
 
 
-def checkpoint_meta(cfg: DictConfig) -> dict[str, Any]:
-    """Everything predict.py needs besides the weights: stored inside every checkpoint."""
-    value_range = cfg.model.get("value_range")
+def checkpoint_meta(cfg: DictConfig, model) -> dict[str, Any]:
+    """Everything predict.py needs besides the weights, stored inside every checkpoint as plain types: the
+    whole resolved model config (it rebuilds any model family) and the data settings it was trained with."""
+    from strokelab.inference import CHECKPOINT_FORMAT
+
     return {
+        "format": CHECKPOINT_FORMAT,
         "name": cfg.get("model_name") or cfg.get("task_name", "model"),
-        "net": OmegaConf.to_container(cfg.model.net, resolve=True),
-        "modalities": list(cfg.data.modalities),
-        "target": cfg.data.get("target"),
-        "value_range": None if value_range is None else [float(v) for v in value_range],
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "inputs": list(model.inputs),
+        "targets": list(model.targets),
+        "outputs": {k: v.kind for k, v in model.outputs.items()},
+        "spatial_dims": model.spatial_dims,
         "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
-        "inference": OmegaConf.to_container(cfg.model.inference, resolve=True),
-        "threshold": float(cfg.model.get("threshold", 0.5)),
+        "weight_map": OmegaConf.to_container(cfg.data.weight_map, resolve=True) if cfg.data.get("weight_map") else None,
+        "parameters": model.parameter_count(),
     }
+
+
+def build_data(cfg: DictConfig, model=None):
+    """The data module, serving what ``model`` declares (the threshold baseline: the data set's modalities)."""
+    if model is None:
+        return instantiate(cfg.data)
+    return instantiate(cfg.data, inputs=model.inputs, targets=model.served_targets, spatial_dims=model.spatial_dims)
 
 
 def train(cfg: DictConfig) -> float | None:
     """Train (unless model=threshold), then test; returns the best ``monitor.metric`` for sweepers."""
-    from strokelab.data.datamodule import StrokeDataModule
-    from strokelab.evaluation import evaluate_cases, evaluate_maps
-    from strokelab.inference import NetworkPredictor
+    from strokelab.evaluation import evaluate_cases
+    from strokelab.inference import ModelPredictor
     from strokelab.metrics import REGRESSION_COLUMNS
     from strokelab.report import comparison_table
+    from strokelab.tasks.task import Task
 
     # Lightning prints through its own handler and Hydra's root handler: keep Hydra's (console + train.log).
     for name in ("lightning.pytorch", "lightning.fabric"):
@@ -58,19 +71,17 @@ def train(cfg: DictConfig) -> float | None:
         L.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise CheckpointError(cfg.ckpt_path, "checkpoint to resume from does not exist", "fix ckpt_path or drop it")
-    datamodule: StrokeDataModule = instantiate(cfg.data)
-    regression = cfg.data.get("target") is not None
-    if regression and is_threshold(cfg.model):
-        raise ConfigError("model", "the threshold baseline segments; it cannot regress a map", "pick a network model")
+    threshold_only = is_threshold(cfg.model)
+    model = None if threshold_only else instantiate(cfg.model)
+    datamodule = build_data(cfg, model)
     monitor = cfg.get("monitor") or {"metric": "val/dice"}
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         datamodule.ensure_data()
     output_dir = Path(cfg.paths.output_dir)
 
     best_score, best_ckpt, loggers, trainer = None, None, [], None
-    if not is_threshold(cfg.model) and cfg.get("train", True):
-        task = instantiate(cfg.model, loss=instantiate(cfg.loss))
-        task.meta = checkpoint_meta(cfg)
+    if model is not None and cfg.get("train", True):
+        task = Task(model, meta=checkpoint_meta(cfg, model))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -85,32 +96,39 @@ def train(cfg: DictConfig) -> float | None:
             if ckpt_cb and ckpt_cb.best_model_score is not None
             else (None if score is None else float(score))
         )
-        log.info("best checkpoint: %s (%s %s)", best_ckpt, monitor["metric"], best_score)
+        log.info("best checkpoint: %s (%s %s on the validation cases)", best_ckpt, monitor["metric"], best_score)
         if not trainer.is_global_zero:
             return best_score
 
     if not cfg.get("test", True):
         return best_score
     predictors: dict[str, Any] = {}
-    if is_threshold(cfg.model):
+    if threshold_only:
         predictors["threshold"] = instantiate(cfg.model)
     else:
         if not best_ckpt:
             raise ConfigError(
                 "test", "there is no checkpoint to test (train=false and no training run)", "use predict.py ckpt=... instead"
             )
-        predictors[cfg.get("model_name") or cfg.get("task_name", "model")] = NetworkPredictor.from_checkpoint(best_ckpt)
-        if cfg.get("baseline") is not None and not regression:
+        predictors[cfg.get("model_name") or cfg.get("task_name", "model")] = ModelPredictor.from_checkpoint(best_ckpt)
+        if cfg.get("baseline") is not None and model.mask_output is not None:
             predictors["threshold"] = instantiate(cfg.baseline)
-    _, test_cases = datamodule.split()
+    if not datamodule.test_cases:
+        _, datamodule.val_cases, datamodule.test_cases = datamodule.split()
+    test_cases = datamodule.test_cases
     tables = {}
     for name, predictor in predictors.items():
         log.info("testing %s on %d held-out cases (fold %d)", name, len(test_cases), datamodule.fold)
-        evaluate = evaluate_maps if regression else evaluate_cases
-        tables[name] = evaluate(predictor, test_cases, output_dir / "test" / name)
-    shown = REGRESSION_COLUMNS if regression else ("dice", "lesion_f1", "avd_ml", "hd95_mm")
+        tables[name] = evaluate_cases(predictor, test_cases, output_dir / "test" / name)
+    segmentation = threshold_only or model.mask_output is not None
+    shown = ("dice", "lesion_f1", "avd_ml", "hd95_mm") if segmentation else REGRESSION_COLUMNS
     table = comparison_table(tables, metrics=shown)
-    atomic_write_text(output_dir / "test" / "comparison.md", table + "\n")
+    chosen = (
+        f"checkpoint chosen by {monitor['metric']} on {datamodule.describe_validation()}"
+        if best_ckpt
+        else "no checkpoint (the threshold baseline does not train)"
+    )
+    atomic_write_text(output_dir / "test" / "comparison.md", f"{table}\n\n{chosen}\n")
     for lg in loggers:
         for name, frame in tables.items():
             lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in shown})
@@ -118,7 +136,7 @@ def train(cfg: DictConfig) -> float | None:
         if type(lg).__name__ == "WandbLogger":  # close the run now so the table below is the last output
             lg.experiment.finish()
     print(
-        f"\nHeld-out fold {datamodule.fold} ({len(test_cases)} cases), native geometry:\n{table}\n"
+        f"\nHeld-out fold {datamodule.fold} ({len(test_cases)} cases), native geometry:\n{table}\n{chosen}\n"
         f"per-case tables: {output_dir / 'test'}/*/metrics.csv"
     )
     if best_ckpt:

@@ -224,17 +224,22 @@ def _inspect(
     return problems, LoadedCase(case, images, reference, label, warnings)
 
 
-def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3) -> None:
+def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3, reader: str | None = None) -> None:
     """Fast pre-flight over all cases (headers only: presence, 3D/4D, shapes, affines); raises all problems.
 
     Voxel-level checks (truncation, NaN/Inf, missing frames, label values) follow when each case is read.
+    ``reader`` names what reads the images (e.g. a checkpoint's model) for the message about a missing one.
     """
     errors: list[DataError] = []
     for case in cases:
         headers: dict[str, tuple[Path, nib.Nifti1Image]] = {}
         for modality, path in case.images.items():
             if not Path(path).exists():
-                errors.append(DataError(path, "file is missing", "restore it or drop its modality"))
+                if reader:
+                    problem = f"case {case.id} lacks the input '{modality}' that {reader} reads"
+                    errors.append(DataError(path, problem, "add the file, or use a model trained on what the case has"))
+                else:
+                    errors.append(DataError(path, "file is missing", "restore it or drop its modality"))
                 continue
             try:
                 img = nib.load(str(path))

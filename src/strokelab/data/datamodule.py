@@ -1,14 +1,20 @@
 """Lightning DataModule: cases -> checks -> cached preprocessing -> TorchIO subjects -> loaders.
 
-Training draws patches from a TorchIO ``Queue`` with a ``LabelSampler`` (lesion-aware: patch centres
-fall in the lesion with the configured odds, as nnU-Net oversamples foreground; ``sampler: brain`` centres
-patches in the skull-stripped brain, ``uniform`` anywhere); validation and test use whole preprocessed
-volumes (the task runs sliding-window inference on them). Fold ``fold`` is held out for validation and
-testing; the other folds train.
+The data side serves what the model declares, by name (``inputs`` and ``targets``, see
+``strokelab.models``): each input modality, the lesion ``label``, a regression target map (``tmax``), Wang
+et al.'s ``weight_map``, and the ``brain`` mask when skull-stripped, each a TorchIO image named after it.
 
-Segmentation reads the follow-up lesion mask as the label. With ``target`` set (e.g. ``tmax``) the data
-set serves a regression task instead: the target map is read from the case like an input modality and
-becomes the subject's ``target`` image; no lesion mask is needed.
+Folds: fold ``fold`` is held out for testing and nothing else (``train.py`` predicts and scores it in native
+geometry after training). Validation -- the choice of the best checkpoint and of hyperparameters in sweeps --
+comes from the training folds: ``val_fold`` (an inner fold of the training cases) or, when it is None, a
+share ``val_fraction`` of them; either way stratified like the folds (by NIHSS, deterministic), so the held-out
+fold never decides anything.
+
+Training draws patches from a TorchIO ``Queue`` with a ``LabelSampler`` (lesion-aware: patch centres fall in
+the lesion with the configured odds, as nnU-Net oversamples foreground; ``sampler: brain`` centres patches
+in the skull-stripped brain, ``uniform`` anywhere); in 2D slice mode (``spatial_dims: 2``) the patches are
+axial slices (``patch_size`` [X, Y]), drawn the same lesion-aware way. Validation uses whole preprocessed
+volumes (the task runs sliding-window inference on them, slice by slice in 2D).
 """
 
 from __future__ import annotations
@@ -22,41 +28,57 @@ import lightning as L
 import torch
 import torchio as tio
 
-from strokelab.data.folds import ensure_fold_file, read_fold_file
+from strokelab.data.folds import ensure_fold_file, lesion_volume_ml, read_fold_file, stratified_folds
 from strokelab.data.layouts import TIME_SERIES, Case, discover, resolve_input
-from strokelab.data.preprocess import Preprocessing, cache_cases, prepare_cases
+from strokelab.data.preprocess import Preprocessing, Serve, cache_cases, prepare_cases
 from strokelab.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+MASKS = frozenset({"label", "brain"})  # served as label maps (nearest-neighbour under spatial transforms)
 
 
 def make_subject(entry: dict[str, Any], min_shape: Sequence[int] | None = None) -> tio.Subject:
-    """A TorchIO subject with one image per modality (named after it) and the label, on the cached grid.
+    """A TorchIO subject with one image per served name (inputs, targets, brain) on the cached grid.
 
     With ``min_shape``, volumes smaller than a training patch are zero-padded at their far end (the
     affine's origin is unchanged by padding there).
     """
     affine = entry["affine"]
-    volumes = {k: entry.get(k) for k in ("image", "label", "target", "brain")}
+    volumes = dict(entry["images"])
     if min_shape is not None:
-        pad = [max(int(m) - s, 0) for m, s in zip(min_shape, volumes["image"].shape[1:])]
+        shape = next(iter(volumes.values())).shape[1:]
+        pad = [max(int(m) - s, 0) for m, s in zip(min_shape, shape)]
         if any(pad):
             spec = (0, pad[2], 0, pad[1], 0, pad[0])
-            volumes = {k: None if v is None else torch.nn.functional.pad(v, spec) for k, v in volumes.items()}
-    fields: dict[str, Any] = {}
-    start = 0
-    for m in entry["modalities"]:
-        n = entry.get("channels", {}).get(m, 1)
-        fields[m] = tio.ScalarImage(tensor=volumes["image"][start : start + n], affine=affine)
-        start += n
-    if volumes["label"] is not None:
-        fields["label"] = tio.LabelMap(tensor=volumes["label"], affine=affine)
-    if volumes["target"] is not None:
-        fields["target"] = tio.ScalarImage(tensor=volumes["target"], affine=affine)
-    if volumes["brain"] is not None:
-        fields["brain"] = tio.LabelMap(tensor=volumes["brain"], affine=affine)
+            volumes = {k: torch.nn.functional.pad(v, spec) for k, v in volumes.items()}
+    fields: dict[str, Any] = {
+        name: (tio.LabelMap if name in MASKS else tio.ScalarImage)(tensor=v, affine=affine) for name, v in volumes.items()
+    }
     fields["case"] = entry["case"]
     return tio.Subject(fields)
+
+
+def validation_split(cases: list[Case], val_fold: int | None, val_fraction: float, n_folds: int, seed: int) -> set[str]:
+    """Ids of the validation cases among ``cases`` (the training folds): inner fold ``val_fold`` of
+    ``n_folds - 1`` stratified inner folds, or inner fold 0 of ``round(1 / val_fraction)`` of them. Stratified like
+    the folds: by NIHSS, or by lesion volume where there is no clinical table (ISLES'18)."""
+    if val_fold is None:
+        if not 0 < val_fraction < 1:
+            raise ConfigError("data.val_fraction", f"is {val_fraction}", "use a share of the training folds, e.g. 0.2")
+        n_inner, chosen = max(2, round(1.0 / val_fraction)), 0
+    else:
+        n_inner, chosen = n_folds - 1, int(val_fold)
+        if not 0 <= chosen < n_inner:
+            raise ConfigError("data.val_fold", f"{chosen} is not in 0..{n_inner - 1}", "pick an inner fold of the training folds")
+    if len(cases) < n_inner:
+        raise DataError(
+            None, f"{len(cases)} training cases cannot give {n_inner} inner folds", "add cases or lower data.val_fraction"
+        )
+    strata = {c.id: c.clinical.get("nihss_admission") for c in cases}
+    if all(v is None for v in strata.values()) and all(c.label is not None and Path(c.label).exists() for c in cases):
+        strata = {c.id: lesion_volume_ml(c.label) for c in cases}  # ISLES'18 has no clinical table: by lesion volume
+    inner = stratified_folds(strata, n_inner, seed + 1)
+    return {cid for cid, f in inner.items() if f == chosen}
 
 
 class StrokeDataModule(L.LightningDataModule):
@@ -64,12 +86,17 @@ class StrokeDataModule(L.LightningDataModule):
         self,
         root: str,
         modalities: Sequence[str],
-        target: str | None = None,
+        inputs: Sequence[str] | None = None,
+        targets: Sequence[str] = ("label",),
+        spatial_dims: int = 3,
         preprocess: dict | None = None,
+        weight_map: dict | None = None,
         fold: int = 0,
         fold_file: str | None = None,
         n_folds: int = 5,
         fold_seed: int = 0,
+        val_fold: int | None = None,
+        val_fraction: float = 0.2,
         cache_dir: str | None = "data/cache",
         patch_size: Sequence[int] = (64, 64, 16),
         batch_size: int = 4,
@@ -82,14 +109,19 @@ class StrokeDataModule(L.LightningDataModule):
         prepare_workers: int = 1,
         phantom: dict | None = None,
     ):
+        """``modalities``: the data set's default input list (``data.modalities``); ``inputs``/``targets``/
+        ``spatial_dims``: what the model declares (``train.py`` passes them; ``inputs`` defaults to
+        ``modalities``)."""
         super().__init__()
         self.root = Path(root)
-        self.modalities = list(modalities)
-        if not self.modalities:
-            raise ConfigError("data.modalities", "is empty", "list the input modalities, e.g. [cbf, cbv, mtt, tmax]")
-        self.target = target
-        if target is not None and target in self.modalities:
-            raise ConfigError("data.target", f"'{target}' is also an input modality", "drop it from data.modalities")
+        self.spatial_dims = int(spatial_dims)
+        if self.spatial_dims not in (2, 3):
+            raise ConfigError("model.spatial_dims", f"is {spatial_dims}", "use 2 (axial slices) or 3")
+        self.serve = Serve.make(
+            list(modalities) if inputs is None else list(inputs), targets, weight_map, per_slice=self.spatial_dims == 2
+        )
+        self.modalities = list(self.serve.inputs)
+        self.targets = list(self.serve.targets)
         self.prep = Preprocessing.from_config(preprocess)
         series = [m for m in self.modalities if m in TIME_SERIES]
         if series and self.prep.frames is None:
@@ -97,23 +129,34 @@ class StrokeDataModule(L.LightningDataModule):
         self.fold, self.n_folds, self.fold_seed = int(fold), int(n_folds), int(fold_seed)
         if not 0 <= self.fold < self.n_folds:
             raise ConfigError("data.fold", f"{self.fold} is not in 0..{self.n_folds - 1}", "pick a held-out fold")
+        self.val_fold, self.val_fraction = val_fold, float(val_fraction)
         self.fold_file = fold_file
         self.cache_dir = cache_dir
-        self.patch_size = tuple(int(p) for p in patch_size)
+        patch = [int(p) for p in patch_size]
+        if self.spatial_dims == 2 and len(patch) == 3 and patch[2] == 1:
+            patch = patch[:2]
+        if len(patch) != self.spatial_dims:
+            raise ConfigError(
+                "data.patch_size",
+                f"{patch} has {len(patch)} entries but the model is {self.spatial_dims}D",
+                "give [X, Y] for 2D slice mode, [X, Y, Z] for 3D",
+            )
+        self.patch_size = tuple(patch) + ((1,) if self.spatial_dims == 2 else ())  # what the sampler draws
         self.batch_size, self.samples_per_volume, self.queue_length = batch_size, samples_per_volume, queue_length
         if sampler not in {"label", "uniform", "brain"}:
             raise ConfigError("data.sampler", f"'{sampler}' is not label, uniform or brain", "pick a patch sampler")
-        if sampler == "label" and target is not None:
-            raise ConfigError(
-                "data.sampler", "'label' needs lesion masks; a regression data set has none", "use brain or uniform"
-            )
+        if sampler == "label" and "label" not in self.targets:
+            raise ConfigError("data.sampler", "'label' needs lesion masks; this model reads none", "use brain or uniform")
         self.sampler = sampler
         self.label_probabilities = {int(k): float(v) for k, v in (label_probabilities or {0: 1, 1: 2}).items()}
         self.augment = tio.Compose(list(augment)) if augment else None
         self.num_workers, self.prepare_workers = num_workers, prepare_workers
         self.phantom = dict(phantom) if phantom else None
         self.train_cases: list[Case] = []
+        self.val_cases: list[Case] = []
         self.test_cases: list[Case] = []
+        self.train_subjects: list[tio.Subject] = []
+        self.val_subjects: list[tio.Subject] = []
 
     # -- cases and folds ------------------------------------------------------------------
     def ensure_data(self) -> None:
@@ -124,7 +167,9 @@ class StrokeDataModule(L.LightningDataModule):
             log.info("generating the phantom data set at %s", self.root)
             generate(self.root, PhantomConfig(**self.phantom), workers=self.prepare_workers)
         if not self.root.exists():
-            raise DataError(self.root, "data root does not exist", "set paths.data_dir (or data.root) to an ISLES'24 data set")
+            raise DataError(
+                self.root, "data root does not exist", "set paths.data_dir (or data.root) to an ISLES'24 or ISLES'18 data set"
+            )
 
     def folds(self) -> dict[str, int]:
         path = Path(self.fold_file) if self.fold_file else ensure_fold_file(self.root, self.n_folds, self.fold_seed)
@@ -134,37 +179,56 @@ class StrokeDataModule(L.LightningDataModule):
             raise DataError(path, f"has fold numbers {bad} outside 0..{self.n_folds - 1}", "fix the file or data.n_folds")
         return folds
 
-    def split(self) -> tuple[list[Case], list[Case]]:
+    def split(self) -> tuple[list[Case], list[Case], list[Case]]:
+        """(training, validation, held-out test) cases: validation from the training folds, never the held-out one."""
         root, _ = resolve_input(self.root)
         folds = self.folds()
-        wanted = self.modalities + ([self.target] if self.target else [])
-        cases = discover(root, wanted, with_label=self.target is None, ids=sorted(folds))
+        cases = discover(root, self.serve.modalities, with_label=self.serve.needs_label, ids=sorted(folds))
         for case in cases:
             case.fold = folds[case.id]
-        train = [c for c in cases if c.fold != self.fold]
+        pool = [c for c in cases if c.fold != self.fold]
         test = [c for c in cases if c.fold == self.fold]
-        if not train or not test:
+        if not pool or not test:
             raise DataError(
-                root, f"fold {self.fold} leaves {len(train)} training and {len(test)} held-out cases", "check the fold file"
+                root, f"fold {self.fold} leaves {len(pool)} training and {len(test)} held-out cases", "check the fold file"
             )
-        return train, test
+        val_ids = validation_split(pool, self.val_fold, self.val_fraction, self.n_folds, self.fold_seed)
+        train = [c for c in pool if c.id not in val_ids]
+        val = [c for c in pool if c.id in val_ids]
+        if not train or not val:
+            raise DataError(
+                root, f"{len(train)} training and {len(val)} validation cases", "add cases or change data.val_fraction"
+            )
+        return train, val, test
+
+    def describe_validation(self) -> str:
+        """Where checkpoints (and sweep objectives) are chosen, for the closing table."""
+        how = f"inner fold {self.val_fold}" if self.val_fold is not None else f"a {self.val_fraction:.0%} stratified share"
+        return f"{len(self.val_cases)} validation cases ({how} of the training folds; fold {self.fold} held out)"
 
     # -- Lightning hooks ----------------------------------------------------------------------
     def prepare_data(self) -> None:
-        """Rank 0 only: generate data if needed, check and cache every case once."""
+        """Rank 0 only: generate data if needed, check and cache every training and validation case once."""
         self.ensure_data()
-        train, test = self.split()
-        cache_cases(train + test, self.prep, self.cache_dir, self.prepare_workers, self.target)
+        train, val, _ = self.split()
+        cache_cases(train + val, self.prep, self.cache_dir, self.prepare_workers, self.serve)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_cases:
             return
-        self.train_cases, self.test_cases = self.split()
-        entries = prepare_cases(self.train_cases + self.test_cases, self.prep, self.cache_dir, self.prepare_workers, self.target)
+        self.train_cases, self.val_cases, self.test_cases = self.split()
+        cases = self.train_cases + self.val_cases
+        entries = prepare_cases(cases, self.prep, self.cache_dir, self.prepare_workers, self.serve)
         n = len(self.train_cases)
         self.train_subjects = [make_subject(e, self.patch_size) for e in entries[:n]]
-        self.test_subjects = [make_subject(e) for e in entries[n:]]
-        log.info("fold %d: %d training cases, %d held-out cases", self.fold, n, len(self.test_subjects))
+        self.val_subjects = [make_subject(e) for e in entries[n:]]
+        log.info(
+            "fold %d held out (%d cases); training on %d cases, validating on %d",
+            self.fold,
+            len(self.test_cases),
+            n,
+            len(self.val_subjects),
+        )
 
     def train_dataloader(self):
         dataset = tio.SubjectsDataset(self.train_subjects, transform=self.augment)
@@ -195,7 +259,4 @@ class StrokeDataModule(L.LightningDataModule):
         return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0)
 
     def val_dataloader(self):
-        return tio.SubjectsLoader(tio.SubjectsDataset(self.test_subjects), batch_size=1, num_workers=0)
-
-    def test_dataloader(self):
-        return self.val_dataloader()
+        return tio.SubjectsLoader(tio.SubjectsDataset(self.val_subjects), batch_size=1, num_workers=0)

@@ -38,7 +38,7 @@ from strokelab.io import atomic_path
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: named images (inputs, targets, weight map) instead of image/label/target
 # Head/brain foreground per modality: CT images by an HU threshold (air is about -1000 HU); perfusion
 # maps and MR images are 0 outside the brain in ISLES'24, so anything non-zero is foreground.
 CT_MODALITIES = frozenset({"ncct", "cta", "ctp"})
@@ -51,7 +51,7 @@ SKULL_STRIPS = ("none", "threshold", "ct")
 class Preprocessing:
     """What varies between experiments' preprocessing (``data.preprocess`` in the config)."""
 
-    spacing: tuple[float, float, float] = (2.0, 2.0, 5.0)
+    spacing: tuple[float | None, float | None, float | None] = (2.0, 2.0, 5.0)  # mm; None: keep the case's own
     crop_to_head: bool = True
     crop_margin_mm: float = 10.0
     normalize: str = "zscore"  # zscore | none
@@ -75,9 +75,13 @@ class Preprocessing:
         if unknown:
             raise ConfigError("data.preprocess", f"unknown key(s) {sorted(unknown)}", f"use {sorted(cls.__dataclass_fields__)}")
         if "spacing" in raw:
-            raw["spacing"] = tuple(float(s) for s in raw["spacing"])
-            if len(raw["spacing"]) != 3 or min(raw["spacing"]) <= 0:
-                raise ConfigError("data.preprocess.spacing", f"{raw['spacing']} is not 3 positive numbers (mm)", "e.g. [2, 2, 5]")
+            raw["spacing"] = tuple(None if s is None else float(s) for s in raw["spacing"])
+            if len(raw["spacing"]) != 3 or any(s is not None and s <= 0 for s in raw["spacing"]):
+                raise ConfigError(
+                    "data.preprocess.spacing",
+                    f"{raw['spacing']} is not 3 positive numbers (mm) or null (keep the case's spacing on that axis)",
+                    "e.g. [2, 2, 5] or [1.8, 1.8, null]",
+                )
         if raw.get("clip") is not None:
             raw["clip"] = {str(k): (float(v[0]), float(v[1])) for k, v in dict(raw["clip"]).items()}
         else:
@@ -106,10 +110,8 @@ class Preprocessing:
             raise ConfigError("data.preprocess.zscore_region", f"'{raw['zscore_region']}' is not foreground or all", "pick one")
         return cls(**raw)
 
-    def key(self, modalities: list[str], target: str | None = None) -> str:
-        blob = json.dumps(
-            {"v": CACHE_VERSION, "prep": asdict(self), "modalities": list(modalities), "target": target}, sort_keys=True
-        )
+    def key(self, serve: Serve) -> str:
+        blob = json.dumps({"v": CACHE_VERSION, "prep": asdict(self), "serve": asdict(serve)}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -138,8 +140,11 @@ def spacing_grid(shape, affine: np.ndarray, spacing) -> tuple[tuple[int, int, in
 
 def resample_to_spacing(images: dict[str, np.ndarray], affine: np.ndarray, spacing) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Resample arrays on one grid, 3D (X, Y, Z) or channels-first (C, X, Y, Z), to ``spacing`` mm (linear,
-    TorchIO/SimpleITK); returns the arrays (same layouts) and the new affine."""
+    TorchIO/SimpleITK); an axis whose spacing is None keeps the grid's own (thick slabs in 2D slice mode).
+    Returns the arrays (same layouts) and the new affine."""
     shape = next(iter(images.values())).shape[-3:]
+    zooms = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    spacing = np.array([z if s is None else float(s) for s, z in zip(spacing, zooms)], dtype=np.float64)
     if np.allclose(np.linalg.norm(np.asarray(affine)[:3, :3], axis=0), spacing, rtol=1e-4):
         return images, np.asarray(affine)
     new_shape, new_affine = spacing_grid(shape, affine, spacing)
@@ -245,27 +250,102 @@ def smooth_in_plane(series: np.ndarray, region: np.ndarray, sigma_mm: float, spa
     return out
 
 
-def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, target: str | None = None) -> dict[str, Any]:
-    """The preprocessed tensors of a checked case (no caching here). ``target``: the regression target
-    modality among ``loaded.images`` (kept in its units), else every image is an input."""
+@dataclass(frozen=True)
+class Serve:
+    """What the data side serves a model, by name (the model declares it; see ``strokelab.models``).
+
+    ``inputs``: modalities read from the case's files and normalised (a 4D series becomes ``frames`` channels).
+    ``targets``: what the losses and metrics compare with: a modality (e.g. ``tmax``, kept in its units and
+    clipped to ``target_range``), ``label`` (the follow-up lesion mask), ``weight_map`` (Wang et al.'s
+    Eq. 9 map, from the label of the whole preprocessed volume) or ``brain`` (the skull-strip mask).
+    ``weight_map``: its parameters ``w`` (lesion weight), ``D`` (decay) and ``unit`` (``voxel``: distances in
+    voxels of the preprocessed grid, as the paper on its 2D training slices; ``mm``). With ``per_slice`` the
+    distances are taken within each axial slice (2D slice mode, as the paper), else in 3D.
+    """
+
+    inputs: tuple[str, ...]
+    targets: tuple[str, ...] = ("label",)
+    weight_map: tuple[tuple[str, Any], ...] = ()
+    per_slice: bool = False
+
+    @classmethod
+    def make(cls, inputs, targets=("label",), weight_map: dict | None = None, per_slice: bool = False) -> Serve:
+        inputs, targets = tuple(str(m) for m in inputs), tuple(str(t) for t in targets)
+        if not inputs:
+            raise ConfigError("model.inputs", "is empty", "list the input modalities, e.g. [cbf, cbv, mtt, tmax]")
+        both = sorted(set(inputs) & set(targets))
+        if both:
+            raise ConfigError("model.targets", f"{both} are also inputs", "a target cannot be an input too")
+        settings = {**DEFAULT_WEIGHT_MAP, **dict(weight_map or {})}
+        unknown = set(settings) - set(DEFAULT_WEIGHT_MAP)
+        if unknown:
+            raise ConfigError("data.weight_map", f"unknown key(s) {sorted(unknown)}", f"use {sorted(DEFAULT_WEIGHT_MAP)}")
+        if settings["unit"] not in ("voxel", "mm"):
+            raise ConfigError("data.weight_map.unit", f"is {settings['unit']!r}", "use voxel or mm")
+        return cls(inputs, targets, tuple(sorted(settings.items())), bool(per_slice))
+
+    @property
+    def modalities(self) -> list[str]:
+        """Files to read: the inputs and the modality targets (label and derived maps are not modalities)."""
+        return [*self.inputs, *(t for t in self.targets if t not in DERIVED_TARGETS)]
+
+    @property
+    def needs_label(self) -> bool:
+        return "label" in self.targets or "weight_map" in self.targets
+
+
+# Targets the data side derives instead of reading a modality file of that name.
+DERIVED_TARGETS = frozenset({"label", "weight_map", "brain"})
+DEFAULT_WEIGHT_MAP = {"w": 1.5, "D": 50.0, "unit": "voxel"}  # Wang et al. 2020, section 4.1
+
+
+def lesion_weight_map(label: np.ndarray, spacing, serve: Serve) -> np.ndarray:
+    """Wang et al.'s Eq. 9 weight map of a whole preprocessed label volume (see :class:`Serve`)."""
+    from strokelab.losses.weight_map import weight_map
+
+    settings = dict(serve.weight_map)
+    sampling = None if settings["unit"] == "voxel" else tuple(float(s) for s in spacing)
+    if not serve.per_slice:
+        return weight_map(label, w=settings["w"], D=settings["D"], spacing=sampling)
+    out = np.empty(label.shape, np.float32)
+    for z in range(label.shape[2]):
+        out[:, :, z] = weight_map(
+            label[:, :, z], w=settings["w"], D=settings["D"], spacing=None if sampling is None else sampling[:2]
+        )
+    return out
+
+
+def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, serve: Serve | None = None) -> dict[str, Any]:
+    """The preprocessed tensors of a checked case (no caching here), named as ``serve`` says.
+
+    Returns ``{"case", "inputs", "channels", "images": {name: (C, X, Y, Z) tensor}, "affine", "native_shape",
+    "native_affine", "stats"}``; ``images`` holds every input, every target, and ``brain`` when skull-stripped.
+    Without ``serve`` every loaded image is an input and the label (if loaded) the target.
+    """
+    if serve is None:
+        serve = Serve.make(list(loaded.images), ("label",) if loaded.label is not None else ())
+    map_targets = [t for t in serve.targets if t not in DERIVED_TARGETS]
     arrays: dict[str, np.ndarray] = {}
     for m, a in loaded.images.items():
         if m in TIME_SERIES:
-            if m == target:
-                raise ConfigError("data.target", f"'{m}' is a 4D series", "give a 3D map as the regression target")
+            if m in map_targets:
+                raise ConfigError("model.targets", f"'{m}' is a 4D series", "give a 3D map as the regression target")
             if prep.frames is None:
                 raise ConfigError("data.preprocess.frames", f"is not set but '{m}' is a 4D series", "set e.g. frames: 32")
             arrays[m] = series_channels(a, prep.frames)
         else:
             arrays[m] = a
-    if loaded.label is not None:
+    if serve.needs_label:
+        if loaded.label is None:
+            raise ConfigError("model.targets", "need the lesion mask but the case was read without it", "read the label")
         arrays["__label__"] = loaded.label.astype(np.float32)
-    arrays, affine = resample_to_spacing(arrays, loaded.reference.affine, np.asarray(prep.spacing))
+    arrays, affine = resample_to_spacing(arrays, loaded.reference.affine, prep.spacing)
+    spacing = tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))  # the grid's, in mm
     label = arrays.pop("__label__", None)
-    target_data = arrays.pop(target) if target is not None else None
-    inputs = list(arrays)
+    target_data = {t: arrays.pop(t) for t in map_targets}
+    inputs = [m for m in serve.inputs if m in arrays]
     if not inputs:
-        raise ConfigError("data.modalities", "has no input besides the target", "list the input modalities")
+        raise ConfigError("model.inputs", "has no input besides the targets", "list the input modalities")
     fg = {m: foreground(m, a.mean(axis=0) if a.ndim == 4 else a) for m, a in arrays.items()}
     head = np.logical_or.reduce(list(fg.values()))
     brain = skull_strip(arrays[inputs[0]], inputs[0], prep) if prep.skull_strip != "none" else None
@@ -274,36 +354,50 @@ def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, target: str | Non
     if prep.series_smooth_mm > 0:
         for m, a in arrays.items():
             if a.ndim == 4:
-                arrays[m] = smooth_in_plane(a, fg[m], prep.series_smooth_mm, prep.spacing)
+                arrays[m] = smooth_in_plane(a, fg[m], prep.series_smooth_mm, spacing)
     if prep.crop_to_head:
-        margin = tuple(int(np.ceil(prep.crop_margin_mm / s)) for s in prep.spacing)
+        margin = tuple(int(np.ceil(prep.crop_margin_mm / s)) for s in spacing)
         box = _bbox(head, margin)
         arrays = {m: a[(slice(None), *box)] if a.ndim == 4 else a[box] for m, a in arrays.items()}
         fg = {m: f[box] for m, f in fg.items()}
         label = None if label is None else label[box]
-        target_data = None if target_data is None else target_data[box]
+        target_data = {t: a[box] for t, a in target_data.items()}
         brain = None if brain is None else brain[box]
         affine = affine.copy()
         affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box], dtype=float) + affine[:3, 3]
-    channels, stats = [], {}
-    for m, a in arrays.items():
-        normalised, stats[m] = _normalise(a, fg[m], m, prep)
-        channels.extend(normalised if normalised.ndim == 4 else [normalised])
-    if target_data is not None and prep.target_range is not None:
-        target_data = np.clip(target_data, *prep.target_range)
+    images: dict[str, torch.Tensor] = {}
+    stats = {}
+    for m in inputs:
+        normalised, stats[m] = _normalise(arrays[m], fg[m], m, prep)
+        images[m] = torch.from_numpy(normalised if normalised.ndim == 4 else normalised[None])
+    for t, a in target_data.items():
+        if prep.target_range is not None:
+            a = np.clip(a, *prep.target_range)
+        images[t] = torch.from_numpy(a[None].astype(np.float32))
+    lesion = None if label is None else label > 0.5
+    if "label" in serve.targets:
+        images["label"] = torch.from_numpy(lesion[None].astype(np.uint8))
+    if "weight_map" in serve.targets:
+        images["weight_map"] = torch.from_numpy(lesion_weight_map(lesion, spacing, serve)[None])
+    if brain is not None:
+        images["brain"] = torch.from_numpy(brain[None].astype(np.uint8))
+    elif "brain" in serve.targets:
+        raise ConfigError("model.targets", "'brain' needs a skull strip", "set data.preprocess.skull_strip")
     return {
         "case": loaded.case.id,
-        "modalities": inputs,
-        "channels": {m: (a.shape[0] if a.ndim == 4 else 1) for m, a in arrays.items()},
-        "image": torch.from_numpy(np.stack(channels)),
-        "label": None if label is None else torch.from_numpy((label > 0.5)[None].astype(np.uint8)),
-        "target": None if target_data is None else torch.from_numpy(target_data[None].astype(np.float32)),
-        "brain": None if brain is None else torch.from_numpy(brain[None].astype(np.uint8)),
+        "inputs": inputs,
+        "channels": {m: int(images[m].shape[0]) for m in inputs},
+        "images": images,
         "affine": affine,
         "native_shape": tuple(int(s) for s in loaded.reference.shape[:3]),
         "native_affine": np.asarray(loaded.reference.affine),
         "stats": stats,
     }
+
+
+def stack_inputs(entry: dict[str, Any]) -> torch.Tensor:
+    """The inputs of a preprocessed entry as one (C, X, Y, Z) tensor, channels in input order."""
+    return torch.cat([entry["images"][m] for m in entry["inputs"]], dim=0).float()
 
 
 def _sources(case: Case) -> dict[str, list[int]]:
@@ -315,15 +409,17 @@ def _sources(case: Case) -> dict[str, list[int]]:
     return out
 
 
-def cache_path(cache_dir: Path, prep: Preprocessing, case: Case, target: str | None = None) -> Path:
-    return Path(cache_dir) / prep.key(list(case.images), target) / f"{case.id}.pt"
+def cache_path(cache_dir: Path, prep: Preprocessing, case: Case, serve: Serve) -> Path:
+    return Path(cache_dir) / prep.key(serve) / f"{case.id}.pt"
 
 
 def load_or_preprocess(
-    case: Case, prep: Preprocessing, cache_dir: str | Path | None, target: str | None = None
+    case: Case, prep: Preprocessing, cache_dir: str | Path | None, serve: Serve | None = None
 ) -> dict[str, Any]:
     """Cached preprocessed case; computes (after the checks) and stores it when missing or stale."""
-    path = None if cache_dir is None else cache_path(Path(cache_dir), prep, case, target)
+    if serve is None:
+        serve = Serve.make(list(case.images), ("label",) if case.label is not None else ())
+    path = None if cache_dir is None else cache_path(Path(cache_dir), prep, case, serve)
     if path is not None and path.exists():
         try:
             entry = torch.load(path, weights_only=False)
@@ -331,7 +427,7 @@ def load_or_preprocess(
                 return entry
         except (OSError, RuntimeError, EOFError, KeyError, AttributeError):
             log.warning("%s: unreadable cache entry, recomputing", path)
-    entry = preprocess_loaded(load_case(case, prep.nan_policy, prep.affine_tol_mm, prep.max_missing_frames), prep, target)
+    entry = preprocess_loaded(load_case(case, prep.nan_policy, prep.affine_tol_mm, prep.max_missing_frames), prep, serve)
     if path is not None:
         entry["sources"] = _sources(case)
         with atomic_path(path) as tmp:
@@ -339,14 +435,14 @@ def load_or_preprocess(
         info = path.parent / "preprocessing.json"
         if not info.exists():
             with atomic_path(info) as tmp:
-                tmp.write_text(json.dumps({"modalities": list(case.images), "target": target, **asdict(prep)}, indent=1))
+                tmp.write_text(json.dumps({"serve": asdict(serve), **asdict(prep)}, indent=1, default=str))
     return entry
 
 
 def _job(args) -> tuple[dict[str, Any] | None, StrokelabError | None]:
-    case, prep, cache_dir, target = args
+    case, prep, cache_dir, serve = args
     try:
-        return load_or_preprocess(case, prep, cache_dir, target), None
+        return load_or_preprocess(case, prep, cache_dir, serve), None
     except StrokelabError as err:
         return None, err
 
@@ -364,9 +460,7 @@ def _raise_collected(errors: list[StrokelabError]) -> None:
         raise errors[0] if len(errors) == 1 else DataSetError(errors)
 
 
-def cache_cases(
-    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, target: str | None = None
-) -> None:
+def cache_cases(cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, serve: Serve | None = None) -> None:
     """Check and preprocess every case that has no cache entry yet, into the cache; all problems are
     collected and raised together. With ``workers`` > 1 the cases are spread over fresh processes
     ("spawn", as the phantom does): a forked copy of a process that runs threads (a logger's, a data
@@ -374,7 +468,9 @@ def cache_cases(
     multirun did. Nothing but the problems comes back from the workers."""
     if cache_dir is None:
         return
-    jobs = [(c, prep, cache_dir, target) for c in cases if not cache_path(Path(cache_dir), prep, c, target).exists()]
+    if serve is None and cases:
+        serve = Serve.make(list(cases[0].images), ("label",) if cases[0].label is not None else ())
+    jobs = [(c, prep, cache_dir, serve) for c in cases if not cache_path(Path(cache_dir), prep, c, serve).exists()]
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
@@ -385,12 +481,14 @@ def cache_cases(
 
 
 def prepare_cases(
-    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, target: str | None = None
+    cases: list[Case], prep: Preprocessing, cache_dir, workers: int = 1, serve: Serve | None = None
 ) -> list[dict[str, Any]]:
     """The preprocessed entries of ``cases``, in order: missing cache entries are made first
     (:func:`cache_cases`, in ``workers`` processes), then every entry is read here (a stale one is redone).
     All problems are collected and raised together."""
-    cache_cases(cases, prep, cache_dir, workers, target)
-    results = [_job((c, prep, cache_dir, target)) for c in cases]
+    if serve is None and cases:
+        serve = Serve.make(list(cases[0].images), ("label",) if cases[0].label is not None else ())
+    cache_cases(cases, prep, cache_dir, workers, serve)
+    results = [_job((c, prep, cache_dir, serve)) for c in cases]
     _raise_collected([e for _, e in results if e is not None])
     return [entry for entry, _ in results]

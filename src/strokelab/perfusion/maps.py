@@ -30,7 +30,8 @@ Units and the central volume theorem (:class:`CurveAnalyser` has the derivation)
     TTP [s]           = time of the maximum of the tissue curve, from the first frame
 
 ``rho`` (tissue density, g/ml) and ``kH = (1 - Hct_large) / (1 - Hct_small)`` are the constants of
-``strokelab.data.phantom`` by default and settings here. Maps are 0 outside the brain mask.
+``strokelab.perfusion.physics`` by default (the phantom simulates with the same) and settings here. Maps are
+0 outside the brain mask.
 """
 
 from __future__ import annotations

@@ -9,11 +9,10 @@ case's native grid and is evaluated by the same code as the learned models.
 
 from __future__ import annotations
 
-import nibabel as nib
 import numpy as np
 
 from strokelab.data.check import load_case
-from strokelab.data.layouts import Case, modality_path
+from strokelab.data.layouts import Case
 from strokelab.errors import ConfigError
 
 RULES = ("tmax", "rcbf", "union", "intersection")
@@ -21,6 +20,7 @@ RULES = ("tmax", "rcbf", "union", "intersection")
 
 class ThresholdBaseline:
     modalities = ("cbf", "tmax")
+    threshold = 0.5  # its mask is 0/1
 
     def __init__(
         self,
@@ -47,8 +47,12 @@ class ThresholdBaseline:
         core = brain & (cbf < self.rcbf * max(float(reference), 1e-6))
         return {"tmax": hypo, "rcbf": core, "union": hypo | core, "intersection": hypo & core}[self.rule]
 
-    def predict_case(self, case: Case) -> tuple[np.ndarray, nib.Nifti1Image]:
-        """Probability (0/1 here) in the case's native grid and the reference image."""
-        images = {m: case.images.get(m) or modality_path(case.root, case.id, m) for m in self.modalities}
+    def predict_case(self, case: Case):
+        """The mask (as a 0/1 probability) in the case's native grid: an ``inference.Prediction``."""
+        from strokelab.inference import Prediction, case_image_path
+        from strokelab.models.base import OutputSpec
+
+        images = {m: case_image_path(case, m) for m in self.modalities}
         loaded = load_case(Case(case.id, case.root, images, None), self.nan_policy, self.affine_tol_mm)
-        return self.mask(loaded.images["cbf"], loaded.images["tmax"]).astype(np.float32), loaded.reference
+        mask = self.mask(loaded.images["cbf"], loaded.images["tmax"]).astype(np.float32)
+        return Prediction({"mask": mask}, {"mask": OutputSpec("mask")}, loaded.reference)
