@@ -1,4 +1,5 @@
-"""UNet3D and building blocks: shapes, deep supervision, errors, norms, capacity, ability to learn."""
+"""UNet (2D and 3D; UNet3D is its 3D alias) and building blocks: shapes, deep supervision, errors, norms,
+initialisation, capacity, ability to learn."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import torch
 from torch import nn
 
 from strokelab.losses import DeepSupervisionLoss, DiceCELoss
-from strokelab.nn.blocks import NORM_KINDS, ConvBlock, ResidualBlock, make_norm
-from strokelab.nn.unet import UNet3D
+from strokelab.nn.blocks import NORM_KINDS, ConvBlock, ResidualBlock, as_stride, make_block, make_norm
+from strokelab.nn.norms import SwitchableNorm
+from strokelab.nn.unet import UNet, UNet3D
 
 ANISO_STRIDES = [[2, 2, 1], [2, 2, 2], [2, 2, 2]]
 
@@ -106,8 +108,17 @@ def test_make_norm_kinds():
     assert make_norm("group", 32).num_groups == 8
     assert make_norm("group", 7).num_groups == 7
     assert isinstance(make_norm("none", 16), nn.Identity)
-    with pytest.raises(ValueError, match="instance, batch, group, none"):
+    assert isinstance(make_norm("switchable", 16), SwitchableNorm)
+    with pytest.raises(ValueError, match="instance, batch, group, none, switchable"):
         make_norm("bogus", 4)
+
+
+def test_make_norm_in_2d():
+    assert isinstance(make_norm("instance", 8, spatial_dims=2), nn.InstanceNorm2d)
+    assert isinstance(make_norm("batch", 8, spatial_dims=2), nn.BatchNorm2d)
+    assert make_norm("switchable", 8, spatial_dims=2).spatial_dims == 2
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        make_norm("batch", 8, spatial_dims=1)
 
 
 def test_blocks_downsample_with_stride():
@@ -115,6 +126,63 @@ def test_blocks_downsample_with_stride():
     assert ConvBlock(3, 5, stride=[2, 2, 1])(x).shape == (1, 5, 4, 4, 4)
     assert ResidualBlock(3, 5, stride=2)(x).shape == (1, 5, 4, 4, 2)
     assert ResidualBlock(5, 5)(torch.randn(1, 5, 4, 4, 4)).shape == (1, 5, 4, 4, 4)
+
+
+def test_blocks_in_2d():
+    x = torch.randn(2, 3, 8, 6)
+    assert ConvBlock(3, 5, stride=[2, 1], spatial_dims=2)(x).shape == (2, 5, 4, 6)
+    assert ResidualBlock(3, 5, stride=2, spatial_dims=2, norm="switchable")(x).shape == (2, 5, 4, 3)
+    block = make_block(3, 4, spatial_dims=2, residual=True, activation="relu")
+    assert isinstance(block.conv1.conv, nn.Conv2d) and isinstance(block.act, nn.ReLU)
+    assert as_stride(2, spatial_dims=2) == (2, 2)
+    with pytest.raises(ValueError, match=r"2 ints \(X, Y\)"):
+        as_stride([2, 2, 1], spatial_dims=2)
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "switchable"])
+@pytest.mark.parametrize("residual", [False, True])
+def test_unet_2d_output_shape_strides_and_deep_supervision(norm, residual):
+    model = UNet(
+        3, 2, channels=[4, 8, 8], strides=[[2, 1], 2], norm=norm, residual=residual, spatial_dims=2, deep_supervision=True
+    )
+    assert model.required_divisor == (4, 2)
+    assert not any(isinstance(m, (nn.Conv3d, nn.ConvTranspose3d, nn.Dropout3d)) for m in model.modules())
+    x = torch.randn(2, 3, 12, 10)
+    outs = model.train()(x)
+    assert [tuple(o.shape) for o in outs] == [(2, 2, 12, 10), (2, 2, 6, 10)]
+    sum(o.mean() for o in outs).backward()
+    with torch.no_grad():
+        assert model.eval()(x).shape == (2, 2, 12, 10)
+    with pytest.raises(ValueError, match="expects a 4D input"):
+        model(torch.randn(1, 3, 12, 10, 4))
+    with pytest.raises(ValueError, match="stride must be an int or 2 ints"):
+        UNet(1, channels=[4, 8], strides=[[2, 2, 1]], spatial_dims=2)
+
+
+def test_unet3d_is_the_3d_unet_with_identical_weights_and_keys():
+    torch.manual_seed(0)
+    alias = UNet3D(2, 1, channels=[4, 8], strides=[[2, 2, 1]], norm="batch")
+    torch.manual_seed(0)
+    general = UNet(2, 1, channels=[4, 8], strides=[[2, 2, 1]], norm="batch", spatial_dims=3)
+    assert isinstance(alias, UNet) and alias.spatial_dims == 3
+    assert list(alias.state_dict()) == list(general.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(alias.state_dict().values(), general.state_dict().values()))
+    assert "encoder.0.conv1.conv.weight" in alias.state_dict()  # the keys of existing checkpoints
+    with pytest.raises(ValueError, match="UNet3D is the 3D U-Net"):
+        UNet3D(1, spatial_dims=2)
+
+
+def test_xavier_init_option():
+    torch.manual_seed(0)
+    model = UNet(4, channels=[32, 64], init="xavier", spatial_dims=2)
+    conv = model.encoder[1].conv1.conv  # 32 -> 64, 3x3
+    fan_in, fan_out = 32 * 9, 64 * 9
+    bound = (6.0 / (fan_in + fan_out)) ** 0.5
+    assert conv.weight.abs().max().item() <= bound
+    assert conv.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.05)
+    assert torch.count_nonzero(model.head.bias) == 0
+    with pytest.raises(ValueError, match="kaiming, xavier"):
+        UNet(1, init="orthogonal")
 
 
 def test_parameter_count_grows_with_channels():

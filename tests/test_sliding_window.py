@@ -1,4 +1,5 @@
-"""sliding_window_inference: exact reconstruction, padding, mirroring, window count, batching."""
+"""sliding_window_inference (2D and 3D) and infer: exact reconstruction, padding, mirroring, window count,
+batching, 2D networks over 3D volumes slice by slice."""
 
 from __future__ import annotations
 
@@ -8,7 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strokelab.nn.sliding_window import gaussian_importance_map, sliding_window_inference, window_starts
+from strokelab.nn.sliding_window import (
+    gaussian_importance_map,
+    highest_resolution_output,
+    infer,
+    sliding_window_inference,
+    window_starts,
+)
+from strokelab.nn.slnet import SLNet
 from strokelab.nn.unet import UNet3D
 
 CASES = [
@@ -125,7 +133,7 @@ def test_number_of_windows_matches_overlap(size, patch, overlap):
     expected = 2 * math.prod(per_axis)  # two images
     assert counter.windows == expected
     assert counter.max_batch <= 4
-    assert counter.calls == 2 * math.ceil(math.prod(per_axis) / 4)
+    assert counter.calls == math.ceil(expected / 4)  # full batches, windows of both images share calls
 
 
 def test_window_count_concrete_and_mirroring_multiplies_calls():
@@ -166,3 +174,114 @@ def test_invalid_arguments_raise():
         sliding_window_inference(identity, image, (4, 4))
     with pytest.raises(ValueError, match="predictor returned shape"):
         sliding_window_inference(lambda x: x[:, :, :2], image, (4, 4, 4))
+
+
+# ------------------------------------------------------------------------------------------------ 2D
+
+CASES_2D = [
+    ((1, 1, 17, 9), (8, 4), 0.5),
+    ((2, 3, 33, 20), (16, 16), 0.25),
+    ((1, 2, 31, 13), (7, 5), 0.0),
+    ((1, 1, 10, 10), (10, 10), 0.5),
+    ((1, 1, 5, 21), (8, 8), 0.9),  # smaller than the patch in X
+]
+
+
+@pytest.mark.parametrize("mode", ["gaussian", "constant"])
+@pytest.mark.parametrize("shape,patch,overlap", CASES_2D)
+def test_identity_predictor_reproduces_input_in_2d(shape, patch, overlap, mode):
+    torch.manual_seed(0)
+    image = torch.randn(shape)
+    out = sliding_window_inference(identity, image, patch, overlap=overlap, batch_size=3, mode=mode)
+    assert out.shape == image.shape and out.dtype == torch.float32
+    torch.testing.assert_close(out, image, atol=1e-5, rtol=0)
+
+
+def _box_filter_2d(x):
+    c = x.shape[1]
+    return F.conv2d(x, torch.ones(c, 1, 3, 3) / 9, padding=1, groups=c)
+
+
+def test_mirroring_and_importance_map_in_2d():
+    torch.manual_seed(0)
+    image = torch.randn(1, 2, 18, 14)
+    plain = sliding_window_inference(_box_filter_2d, image, (8, 8), overlap=0.5)
+    mirrored = sliding_window_inference(_box_filter_2d, image, (8, 8), overlap=0.5, mirror_axes=(0, 1))
+    torch.testing.assert_close(mirrored, plain, atol=1e-5, rtol=0)
+    ramp = torch.arange(8.0).reshape(1, 1, 1, 8)
+    out = sliding_window_inference(lambda x: x + ramp, image[:, :1, :8, :8], (8, 8), mirror_axes=(1,))
+    torch.testing.assert_close(out, image[:, :1, :8, :8] + 3.5, atol=1e-5, rtol=0)
+    w = gaussian_importance_map((9, 6))
+    assert w.shape == (9, 6) and w.max().item() == pytest.approx(1.0) and w[4, 2] > w[0, 0]
+    with pytest.raises(ValueError, match="mirror_axes"):
+        sliding_window_inference(identity, image, (8, 8), mirror_axes=(2,))
+
+
+def _settings(patch, **extra):
+    return {"patch_size": patch, "overlap": 0.5, "batch_size": 3, **extra}
+
+
+class _SliceNet(torch.nn.Module):
+    """A 2D predictor with 2 output channels that mixes neighbouring pixels (so slice/axis mix-ups show)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x):
+        assert x.dim() == 4, "a 2D predictor only ever sees (n, C, X, Y) windows"
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("patch", [(8, 8), [8, 8, 1]])
+def test_2d_slice_mode_equals_the_2d_predictor_applied_slice_by_slice(patch):
+    torch.manual_seed(0)
+    net = _SliceNet().eval()
+    volume = torch.randn(2, 3, 13, 11, 5)
+    out = infer(net, volume, _settings(patch, spatial_dims=2, mirror_axes=[0]))
+    assert out.shape == (2, 2, 13, 11, 5)
+    for b in range(2):
+        for z in range(5):
+            expected = sliding_window_inference(net, volume[b : b + 1, ..., z], (8, 8), overlap=0.5, mirror_axes=(0,))
+            torch.testing.assert_close(out[b : b + 1, ..., z], expected, atol=1e-5, rtol=0)
+    # A 2D image goes straight to the 2D sliding window.
+    flat = infer(net, volume[..., 0], _settings(patch, spatial_dims=2))
+    torch.testing.assert_close(flat, sliding_window_inference(net, volume[..., 0], (8, 8)), atol=1e-6, rtol=0)
+
+
+def test_2d_slice_mode_with_a_2d_network_and_batches_across_slices():
+    net = SLNet(4, 1, channels=(4, 8), se_reduction=2).eval()
+    counter = CallCounter()
+
+    def counted(x):
+        counter(x)
+        return net(x)
+
+    volume = torch.randn(1, 4, 16, 16, 7)
+    out = infer(counted, volume, {"patch_size": [16, 16, 1], "overlap": 0.5, "batch_size": 4, "spatial_dims": 2})
+    assert out.shape == (1, 1, 16, 16, 7)
+    assert counter.windows == 7 and counter.calls == 2  # one window per slice, 4 slices per call
+    with torch.no_grad():
+        torch.testing.assert_close(out[..., 3], net(volume[..., 3]), atol=1e-5, rtol=1e-5)
+
+
+def test_infer_settings_errors_and_3d_default():
+    volume = torch.randn(1, 1, 12, 12, 6)
+    with pytest.raises(ValueError, match="mirror_axes must be among 0, 1"):
+        infer(identity, volume, _settings([8, 8], spatial_dims=2, mirror_axes=[2]))
+    with pytest.raises(ValueError, match=r"\(px, py\) or \(px, py, 1\)"):
+        infer(identity, volume, _settings([8, 8, 4], spatial_dims=2))
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        infer(identity, volume, _settings([8, 8, 4], spatial_dims=4))
+    # Without spatial_dims (existing settings) and with spatial_dims 3: 3D windows, as before.
+    for extra in ({}, {"spatial_dims": 3}):
+        torch.testing.assert_close(infer(identity, volume, _settings([8, 8, 4], **extra)), volume, atol=1e-5, rtol=0)
+
+
+def test_highest_resolution_output_is_the_one_place_lists_are_reduced():
+    x = torch.randn(1, 1, 4, 4)
+    assert highest_resolution_output(x) is x
+    assert highest_resolution_output([x, x[..., ::2, ::2]]) is x
+    with pytest.raises(TypeError, match="Tensor or a list of Tensors"):
+        highest_resolution_output({"logits": x})
