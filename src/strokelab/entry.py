@@ -16,9 +16,12 @@ log = logging.getLogger("strokelab")
 
 
 def register_resolvers() -> None:
-    """``${len:${data.modalities}}`` gives a network's input channels from the modality list."""
+    """``${len:${data.modalities}}`` gives a network's input channels from the modality list;
+    ``${int_mul:${trainer.max_epochs},0.6}`` an epoch count from a fraction (Wang et al.'s rate drop at 60 %)."""
     if not OmegaConf.has_resolver("len"):
         OmegaConf.register_new_resolver("len", lambda x: len(x))
+    if not OmegaConf.has_resolver("int_mul"):
+        OmegaConf.register_new_resolver("int_mul", lambda a, b: max(1, int(round(float(a) * float(b)))))
 
 
 def exit_on_user_error(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -93,9 +93,9 @@ def evaluate_cases(
                 scored = True
                 continue
             save_nifti(map_image(values, prediction.reference), path)
-            truth_path = case_image_path(case, name)
-            if spec.kind != "map" or not truth_path.exists():
+            if spec.reference is None or not case_image_path(case, spec.reference).exists():
                 continue
+            truth_path = case_image_path(case, spec.reference)
             truth, _ = load_nifti(truth_path)
             truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
             value_range = spec.value_range
@@ -109,13 +109,15 @@ def evaluate_cases(
                 title = f"{case.id}: {predictor.name()} vs the case's {name} (MAE {row['mae']:.2f})"
                 plot_map_comparison(values, truth, out_dir / f"{case.id}_{name}.png", title, value_range)
         row["seconds"] = time.perf_counter() - t0
+        if getattr(predictor, "model", None) is not None:
+            row["params_m"] = predictor.model.parameter_count() / 1e6  # Wang et al.'s Table 3 lists it
         summary = ", ".join(f"{k} {row[k]:.3f}" for k in ("dice", "mae") if k in row)
         log.info("%s: %s in %.1f s", case.id, summary or "predicted", row["seconds"])
         if scored:
             rows.append(row)
     if not rows:
         return None
-    table = pd.DataFrame(rows, columns=[*columns, "seconds"])
+    table = pd.DataFrame(rows, columns=[*columns, "seconds", *(["params_m"] if "params_m" in rows[0] else [])])
     with atomic_path(out_dir / "metrics.csv") as tmp:
         table.to_csv(tmp, index=False)
     write_report(table, out_dir, title=predictor.name())

@@ -140,7 +140,11 @@ class ModelPredictor:
             )
         images = {m: case_image_path(case, m) for m in model.inputs}
         # A map output is put on the grid of the case's own map of that name when there is one.
-        on_grid = [n for n, s in model.outputs.items() if s.kind == "map" and case_image_path(case, n).exists()]
+        on_grid = [
+            s.reference
+            for s in model.outputs.values()
+            if s.kind == "map" and s.reference and s.reference not in model.inputs and case_image_path(case, s.reference).exists()
+        ]
         if on_grid:
             images = {on_grid[0]: case_image_path(case, on_grid[0]), **images}
         loaded = load_case(

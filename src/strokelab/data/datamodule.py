@@ -133,8 +133,8 @@ class StrokeDataModule(L.LightningDataModule):
         self.fold_file = fold_file
         self.cache_dir = cache_dir
         patch = [int(p) for p in patch_size]
-        if self.spatial_dims == 2 and len(patch) == 3 and patch[2] == 1:
-            patch = patch[:2]
+        if self.spatial_dims == 2 and len(patch) == 3:
+            patch = patch[:2]  # 2D slice mode: the in-plane part of a 3D patch size (axial X x Y slices)
         if len(patch) != self.spatial_dims:
             raise ConfigError(
                 "data.patch_size",

@@ -213,6 +213,11 @@ class DeepSupervisionLoss(nn.Module):
     instead (nnU-Net uses 1e-6 there).
     """
 
+    @property
+    def voxel_weight(self) -> str | None:
+        """The per-voxel weight the wrapped loss needs (e.g. ``weight_map``), if any."""
+        return getattr(self.loss, "voxel_weight", None)
+
     def __init__(self, loss: nn.Module, weights: Sequence[float] | None = None):
         super().__init__()
         self.loss = loss
@@ -359,6 +364,8 @@ class WCELoss(nn.Module):
             sample and averages (the two differ when the samples' weight sums differ).
     """
 
+    voxel_weight = "weight_map"  # the served target a model passes as ``weight`` (strokelab.models.base)
+
     def __init__(self, batch_reduction: str = "batch"):
         super().__init__()
         self.batch_reduction = _check_batch_reduction(batch_reduction, "WCELoss")
@@ -502,6 +509,8 @@ class WCEHGDLoss(nn.Module):
         batch_reduction: for both terms (see :class:`WCELoss`, :class:`HGDLoss`).
         eps: ``L_HGD``'s clamp (see :class:`HGDLoss`).
     """
+
+    voxel_weight = "weight_map"  # the served target a model passes as ``weight`` (strokelab.models.base)
 
     def __init__(self, lambda_wce: float = 1.0, lambda_hgd: float = 1.0, batch_reduction: str = "batch", eps: float = 1e-6):
         super().__init__()

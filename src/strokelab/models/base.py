@@ -9,11 +9,14 @@ A :class:`Model` is a plain ``nn.Module`` (no Lightning) that holds one or more 
 * ``outputs``: what it produces, each with a kind that says how it is written and scored: ``mask`` (lesion
   logits: sigmoid, threshold, written as ``<case>.nii.gz`` uint8, scored against ``label``), ``map`` (a map in
   its units, e.g. Tmax in s: 0 outside the brain, clipped to ``value_range``, written as
-  ``<case>_<name>.nii.gz`` float32, scored against the case's own map of that name) or ``image`` (e.g. a
-  pseudo-DWI, written like a map);
+  ``<case>_<name>.nii.gz`` float32) or ``image`` (e.g. a pseudo-DWI, written like a map); a map or image with a
+  ``reference`` (a target, e.g. ``tmax`` or ``dwi``) is scored against it in validation and against the case's
+  file of that modality at test time;
 * ``losses``: named, weighted terms, each ``{fn, weight, pred, target, voxel_weight}``: ``fn(outputs[pred],
   batch[target], weight=batch[voxel_weight])``; the task logs every term as ``train/<name>`` and their
-  weighted sum as ``train/loss``.
+  weighted sum as ``train/loss``. A loss function that needs a per-voxel weight says which by its own
+  ``voxel_weight`` attribute (``WCELoss``: ``weight_map``), which the model then adds to its targets, so that
+  ``loss=wce_hgd`` alone switches a model to Wang's weighted loss.
 
 Hydra builds a model from ``conf/model/<name>.yaml``; the checkpoint stores that whole resolved config, so
 ``predict.py`` rebuilds any model from the checkpoint alone (``strokelab.inference``). A new model family is a
@@ -54,6 +57,7 @@ class OutputSpec:
     kind: str = "mask"
     value_range: tuple[float, float] | None = None  # map/image: clip to this range (the output's units)
     channels: int = 1
+    reference: str | None = None  # map/image: the target (and case modality) it is scored against; None: not scored
 
 
 class Model(nn.Module):
@@ -92,7 +96,7 @@ class Model(nn.Module):
             try:
                 self.outputs[str(name)] = OutputSpec(**spec)
             except TypeError as exc:
-                raise ConfigError(f"model.outputs.{name}", str(exc), "keys: kind, value_range, channels") from None
+                raise ConfigError(f"model.outputs.{name}", str(exc), "keys: kind, value_range, channels, reference") from None
             if self.outputs[name].kind not in OUTPUT_KINDS:
                 raise ConfigError(f"model.outputs.{name}.kind", f"is {spec.get('kind')!r}", f"use one of {OUTPUT_KINDS}")
         if not self.outputs:
@@ -106,6 +110,12 @@ class Model(nn.Module):
             term = dict(term)
             if "fn" not in term:
                 raise ConfigError(f"model.losses.{name}", "has no fn", "give fn: {_target_: strokelab.losses....}")
+            # A loss that needs a per-voxel weight names it (WCE: Wang's weight_map); the model then serves it.
+            needed = getattr(term["fn"], "voxel_weight", None)
+            if term.get("voxel_weight") is None and needed is not None:
+                term["voxel_weight"] = needed
+                if needed not in self.targets:
+                    self.targets.append(needed)
             self.loss_terms[str(name)] = LossTerm(**term)
             where = self.loss_terms[name]
             if where.target not in self.targets:
@@ -119,6 +129,8 @@ class Model(nn.Module):
         # Loss functions with parameters or buffers move with the model.
         self.loss_modules = nn.ModuleDict({k: t.fn for k, t in self.loss_terms.items() if isinstance(t.fn, nn.Module)})
         self.inference = {**DEFAULT_INFERENCE, **dict(inference or {}), "spatial_dims": self.spatial_dims}
+        if self.spatial_dims == 2 and len(self.inference["patch_size"]) == 3:  # the in-plane part of a 3D patch size
+            self.inference["patch_size"] = tuple(self.inference["patch_size"][:2])
         self.threshold = float(threshold)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
 

@@ -57,7 +57,7 @@ class RegressionModel(Model):
         **settings: Any,
     ):
         value_range = None if value_range is None else [float(v) for v in value_range]
-        outputs = {target: {"kind": "map", "value_range": value_range}}
+        outputs = {target: {"kind": "map", "value_range": value_range, "reference": target}}
         losses = {
             name: {
                 "pred": target,

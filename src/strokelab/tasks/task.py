@@ -56,15 +56,17 @@ class Task(L.LightningModule):
         self.meta: dict[str, Any] = dict(meta or {})  # the model config and data settings: stored in checkpoints
         names = ["loss"]
         self.metric_names: dict[str, dict[str, str]] = {}  # output -> metric -> logged name
-        maps = [n for n, s in model.outputs.items() if s.kind != "mask"]
+        maps = [n for n, s in model.outputs.items() if s.kind != "mask" and s.reference is not None]
         for name, spec in model.outputs.items():
+            if spec.kind != "mask" and spec.reference is None:
+                continue  # nothing to score it against
             keys = MASK_METRICS if spec.kind == "mask" else REGRESSION_COLUMNS
             prefix = "" if spec.kind == "mask" or len(maps) == 1 else f"{name}_"
             self.metric_names[name] = {k: prefix + k for k in keys}
             names += list(self.metric_names[name].values())
         self.metrics = nn.ModuleDict({k: MeanMetric() for k in names})
         mask = model.mask_output
-        self.progress_metric = "dice" if mask else next(iter(self.metric_names[maps[0]].values()))
+        self.progress_metric = "dice" if mask else next(iter(self.metric_names[maps[0]].values()), "loss") if maps else "loss"
 
     # -- training --------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -86,15 +88,15 @@ class Task(L.LightningModule):
         self.metrics["loss"].update(model.losses(preds, images)["loss"])
         affine = torch.as_tensor(batch[model.inputs[0]][tio.AFFINE])[0, :3, :3].double()
         voxel_ml = float(affine.det().abs()) / 1000.0
-        for name, spec in model.outputs.items():
-            logged = self.metric_names[name]
+        for name, logged in self.metric_names.items():
+            spec = model.outputs[name]
             if spec.kind == "mask":
                 pred, target = torch.sigmoid(preds[name]) >= model.threshold, images["label"] > 0.5
                 for key, value in overlap_stats(pred, target).items():
                     self.metrics[logged[key]].update(value)
                 self.metrics[logged["avd_ml"]].update((pred.sum() - target.sum()).abs().float() * voxel_ml)
                 continue
-            reference = images[name].float()
+            reference = images[spec.reference].float()
             value_range = spec.value_range
             for i in range(reference.shape[0]):
                 span = (value_range[1] - value_range[0]) if value_range else float(reference[i].max() - reference[i].min())
