@@ -380,3 +380,42 @@ def test_predict_computes_missing_maps_from_the_raw_ctp(trained, tmp_path):
     mask = nib.load(tmp_path / "pred" / f"{cid}.nii.gz")
     assert mask.shape == reference.shape and np.allclose(mask.affine, reference.affine)
     assert not list(maps_dir.glob("*.nii.gz"))  # the input data set is never written to
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_slnet_checkpoint_predicts_isles18_and_isles24_cases_in_native_geometry(tiny_root, tmp_path, dims):
+    """SLNet trained in 2D slice mode or 3D; predict.py needs the checkpoint only, on either layout."""
+    from strokelab.data.phantom import PhantomConfig, generate
+
+    patch = "data.patch_size=[16,16]" if dims == 2 else "data.patch_size=[16,16,8]"
+    strides = [] if dims == 2 else ["model.net.strides=[[2,2,1],[2,2,2],[2,2,2],[2,2,1]]"]
+    out = run(
+        "train.py",
+        *TINY,
+        "model=slnet",
+        "loss=wce_hgd",
+        f"model.spatial_dims={dims}",
+        patch,
+        "model.net.channels=[4,8,8,8,8]",
+        *strides,
+        f"data.root={tiny_root}",
+        f"paths.root_dir={tmp_path}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "checkpoint chosen by val/dice on" in out.stdout and "training folds" in out.stdout
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    root18 = tmp_path / "isles18"
+    generate(root18, PhantomConfig(layout="isles18", n_cases=1, seed=3, shape=(48, 48, 4), spacing=(4.5, 4.5, 9.0), n_frames=43))
+    for case_dir, mask_name, reference in (
+        (root18 / "TRAINING" / "case_1", "case_1.nii.gz", next((root18 / "TRAINING" / "case_1").glob("*CT_CBF*/*.nii"))),
+        (
+            tiny_root / "derivatives" / "sub-stroke0002",
+            "sub-stroke0002.nii.gz",
+            _perfusion(tiny_root / "derivatives" / "sub-stroke0002", "cbf"),
+        ),
+    ):
+        pred = run("predict.py", f"input={case_dir}", f"output={tmp_path / 'pred'}", f"ckpt={ckpt}")
+        assert pred.returncode == 0, pred.stderr[-3000:]
+        mask, ref = nib.load(tmp_path / "pred" / mask_name), nib.load(reference)
+        assert mask.shape == ref.shape and np.array_equal(mask.affine, ref.affine) and mask.get_data_dtype() == np.uint8
