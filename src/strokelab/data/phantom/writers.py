@@ -36,6 +36,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from strokelab.data.layouts.isles18 import ISLES18_MODALITIES, LABEL_TAG
 from strokelab.data.phantom.config import DATASET_NAME, PhantomConfig
 from strokelab.data.phantom.kinetics import MAP_NAMES
 from strokelab.data.phantom.lesion import DEMOGRAPHIC_COLUMNS, OUTCOME_COLUMNS
@@ -43,17 +44,8 @@ from strokelab.data.phantom.simulate import TRUTH_NAMES, _simulate_case
 from strokelab.errors import DataError
 from strokelab.io import atomic_write_text, save_nifti
 
-# generate_case key -> ISLES'18 modality tag, in the order that numbers the file ids.
-ISLES18_TAGS = {
-    "ncct": "CT",
-    "ctp": "CT_4DPWI",
-    "cbf": "CT_CBF",
-    "cbv": "CT_CBV",
-    "mtt": "CT_MTT",
-    "tmax": "CT_Tmax",
-    "dwi": "MR_DWI",
-    "lesion-msk": "OT",
-}
+# generate_case key -> ISLES'18 modality tag (the reader's table), in the order that numbers the file ids.
+ISLES18_TAGS = {**ISLES18_MODALITIES, "lesion-msk": LABEL_TAG}
 _ISLES18_TESTING_KEYS = ("ncct", "ctp", "cbf", "cbv", "mtt", "tmax")
 _ISLES18_CASE = re.compile(r"^case_\d+$")
 _ISLES24_CASE = re.compile(r"^sub-stroke\d+$")
