@@ -341,3 +341,20 @@ def test_report_from_case_metrics_output(tmp_path):
     _, pred_ml = _volumes(df)
     np.testing.assert_allclose(pred_ml, df["lesion_ml"])  # shifts keep the volume
     assert paths["volume_scatter"].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_paired_table_gives_the_mean_paired_difference_its_interval_and_wins():
+    from strokelab.report import paired_table
+
+    ref = pd.DataFrame({"case": ["a", "b", "c"], "fold": [0, 0, 1], "dice": [0.5, 0.6, 0.7]})
+    other = pd.DataFrame({"case": ["c", "b", "a"], "fold": [1, 0, 0], "dice": [0.9, 0.6, 0.4]})  # any row order
+    baseline = pd.concat([other, other])  # the same predictions tested in two runs count once
+    text = paired_table({"ref": ref, "other": other, "baseline": baseline}, "ref")
+    row = next(line for line in text.splitlines() if line.startswith("| other"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "3" and cells[2] == "-3.33" and cells[4] == "1/3"  # diffs +10, 0, -20 points
+    low, high = (float(v) for v in cells[3].strip("[]").split(","))
+    assert -20.0 <= low <= -3.33 <= high <= 10.0
+    assert "| baseline" in text
+    with pytest.raises(DataError, match="several times"):
+        paired_table({"ref": ref, "twice": pd.concat([other, other.assign(dice=[0.1, 0.2, 0.3])])}, "ref")

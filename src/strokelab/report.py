@@ -666,6 +666,59 @@ def collect_runs(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     return {model: pd.concat(frames, ignore_index=True) for model, frames in tables.items()}
 
 
+PERCENT_METRICS = frozenset({"dice", "precision", "recall", "lesion_f1"})
+
+
+def paired_table(
+    named: Mapping[str, pd.DataFrame],
+    reference: str,
+    metric: str = "dice",
+    order: Sequence[str] | None = None,
+    n_boot: int = 5000,
+    seed: int = 0,
+) -> str:
+    """Every model against ``reference`` on the same cases (matched by ``case`` and, when present, ``fold``):
+    the mean paired difference ``reference - model`` (in points of % for Dice-like metrics), its 95 % percentile
+    bootstrap interval over cases (``n_boot`` resamples, fixed ``seed``), and on how many cases the reference is
+    higher. Cross-validated models differ far less than their spread over cases; the paired difference is what
+    tells them apart (or shows that it cannot, when the interval holds 0)."""
+    if reference not in named:
+        raise DataError("paired_table", f"no model named '{reference}'", f"choose one of {list(named)}")
+    keys = ["case", "fold"] if all("fold" in t.columns for t in named.values()) else ["case"]
+
+    def values(frame: pd.DataFrame, name: str) -> pd.Series:
+        if metric not in frame.columns:
+            raise DataError("paired_table", f"model '{name}' has no column `{metric}`")
+        series = frame.set_index(keys)[metric].astype(float)
+        if series.index.duplicated().any():
+            # The same deterministic predictions tested in several runs (the threshold baseline of a multirun): one copy.
+            if (series.groupby(level=keys).nunique(dropna=False) > 1).any():
+                raise DataError("paired_table", f"model '{name}' has one case several times", "pool one run per fold and model")
+            series = series[~series.index.duplicated()]
+        return series
+
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    unit = " (points of %)" if scale == 100.0 else ""
+    ref = values(named[reference], reference)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name in _ordered_names(named, order, "paired_table"):
+        if name == reference:
+            continue
+        diff = ((ref - values(named[name], name)) * scale).dropna().to_numpy()
+        if diff.size == 0:
+            rows.append([name, "0", "n/a", "n/a", "n/a"])
+            continue
+        boots = rng.choice(diff, size=(n_boot, diff.size)).mean(axis=1)
+        low, high = np.percentile(boots, [2.5, 97.5])
+        wins = f"{int((diff > 0).sum())}/{diff.size}"
+        rows.append([name, str(diff.size), f"{diff.mean():+.2f}", f"[{low:+.2f}, {high:+.2f}]", wins])
+    header = ["model", "n", f"{reference} - model{unit}", "95 % bootstrap CI", f"{reference} higher"]
+    return f"Paired {metric}: {reference} against each model on the same cases\n\n" + _markdown_table(
+        header, rows, right_align=range(1, 5)
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m strokelab.report RUN_DIR``: pool the held-out folds of a (multi)run and report them."""
     import argparse
@@ -694,6 +747,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="also print Dice by true lesion volume: wang = <10 / 10-50 / >50 ml (Fig. 10), default = 5/20/70 ml bins",
     )
+    parser.add_argument(
+        "--paired",
+        default=None,
+        metavar="MODEL",
+        help="also print each model's paired Dice difference to MODEL on the same cases, with a bootstrap 95%% interval",
+    )
     args = parser.parse_args(argv)
     try:
         tables = collect_runs(args.run_dir)
@@ -709,6 +768,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.columns and "rve" in args.columns:
                 blocks.append(strata_table(tables, args.strata, "rve", args.order))
             text = "\n\n".join([text, *blocks])
+        if args.paired:
+            text = "\n\n".join([text, paired_table(tables, args.paired, "dice", args.order)])
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -269,7 +269,7 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3, reader: str | 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m strokelab.data.check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("root", help="ISLES'24-layout data root or one case folder")
+    parser.add_argument("root", help="ISLES'24 or ISLES'18 data root, or one case folder")
     parser.add_argument("--modalities", nargs="+", default=list(DEFAULT_MODALITIES))
     parser.add_argument("--no-label", action="store_true", help="do not require follow-up lesion masks")
     parser.add_argument("--nan-policy", choices=["error", "replace"], default="error")
