@@ -9,7 +9,10 @@ threshold baseline are always scored by identical code in the cases' native geom
   map of that name, scored by :func:`strokelab.metrics.regression_metrics` inside the reference brain (the map's
   non-zero voxels), the case map clipped to the trained value range as in training; a preview PNG (reference |
   prediction | difference) is drawn for the first cases;
-* an ``image`` (e.g. a pseudo-DWI) is written as ``<case>_<name>.nii.gz`` (float32).
+* an ``image`` (e.g. a pseudo-DWI) is written as ``<case>_<name>.nii.gz`` (float32) and, where the case has
+  the image it is scored against (e.g. its DWI, scaled to [0, 1] by ``preprocess.scale_to_unit`` as in
+  training), scored by :func:`strokelab.metrics.synthesis_metrics`: SSIM/PSNR in the brain (the perfusion
+  maps' non-zero voxels, else the reference's) and around the lesion; the same preview PNG is drawn.
 
 ``metrics.csv`` (one row per scored case) and a summary follow when any case was scored.
 """
@@ -27,9 +30,19 @@ import pandas as pd
 
 from strokelab.data.check import load_label
 from strokelab.data.layouts import Case
+from strokelab.data.preprocess import UNIT_SCALED_TARGETS, scale_to_unit
 from strokelab.inference import Prediction, case_image_path, write_mask
 from strokelab.io import atomic_path, load_nifti, save_nifti
-from strokelab.metrics import METRIC_COLUMNS, REGRESSION_COLUMNS, case_metrics, regression_metrics, spacing_mm, voxel_volume_ml
+from strokelab.metrics import (
+    METRIC_COLUMNS,
+    REGRESSION_COLUMNS,
+    SYNTHESIS_COLUMNS,
+    case_metrics,
+    regression_metrics,
+    spacing_mm,
+    synthesis_metrics,
+    voxel_volume_ml,
+)
 from strokelab.models.base import OutputSpec
 from strokelab.report import plot_map_comparison, write_report
 
@@ -49,6 +62,31 @@ class Predictor(Protocol):
 def output_path(out_dir: Path, case_id: str, name: str, spec: OutputSpec) -> Path:
     """Where an output of a case is written: the mask as ``<case>.nii.gz``, anything else ``<case>_<name>.nii.gz``."""
     return out_dir / (f"{case_id}.nii.gz" if spec.kind == "mask" else f"{case_id}_{name.replace('_', '-')}.nii.gz")
+
+
+def score_image(
+    values: np.ndarray, truth: np.ndarray, case: Case, prediction: Prediction, spec: OutputSpec, affine_tol_mm: float
+) -> dict:
+    """Synthesis metrics of an image output against the case's reference image (native grid, scaled as in
+    training): in the brain (the union of the case's perfusion maps' non-zero voxels, else the reference's)
+    and around the case's lesion (none without a mask: the local columns are NaN)."""
+    from strokelab.perfusion.derive import ISLES_MAPS
+
+    reference = scale_to_unit(truth) if spec.reference in UNIT_SCALED_TARGETS else truth
+    maps = [case_image_path(case, m) for m in ISLES_MAPS if m in case.images and case_image_path(case, m).exists()]
+    brain = np.zeros(truth.shape, bool)
+    for path in maps:
+        data, _ = load_nifti(path)
+        if data.shape[:3] == brain.shape:
+            brain |= np.nan_to_num(data[..., 0] if data.ndim == 4 else data) != 0
+    if not brain.any():
+        brain = reference != 0
+    lesion = np.zeros(truth.shape, bool)
+    if case.label is not None and Path(case.label).exists():
+        reference_name = Path(next(iter(case.images.values()))).name
+        lesion = load_label(case.label, prediction.reference, affine_tol_mm, reference_name) > 0
+    span = (spec.value_range[1] - spec.value_range[0]) if spec.value_range else 1.0
+    return synthesis_metrics(values, reference, brain, lesion, spacing_mm(prediction.reference), span)
 
 
 def evaluate_cases(
@@ -98,6 +136,16 @@ def evaluate_cases(
             truth_path = case_image_path(case, spec.reference)
             truth, _ = load_nifti(truth_path)
             truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
+            if spec.kind == "image":
+                row.update(score_image(values, truth, case, prediction, spec, affine_tol_mm))
+                columns += [c for c in SYNTHESIS_COLUMNS if c not in columns]
+                scored = True
+                if len(rows) < MAX_PREVIEWS:
+                    title = f"{case.id}: {predictor.name()} vs the case's {spec.reference} (SSIM {row['ssim']:.3f})"
+                    plot_map_comparison(
+                        values, scale_to_unit(truth), out_dir / f"{case.id}_{name}.png", title, spec.value_range, unit=""
+                    )
+                continue
             value_range = spec.value_range
             if value_range is not None:
                 truth = np.where(truth != 0, np.clip(truth, *value_range), 0.0)

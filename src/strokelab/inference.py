@@ -77,7 +77,10 @@ class ModelPredictor:
 
     @property
     def modalities(self) -> list[str]:
-        return list(self.model.inputs)
+        """The files the model reads (a derived input such as ``ctp_mip`` reads its source, the CTP)."""
+        from strokelab.data.layouts import source_modalities
+
+        return source_modalities(self.model.inputs)
 
     @property
     def specs(self) -> dict[str, OutputSpec]:
@@ -131,14 +134,14 @@ class ModelPredictor:
         """Every declared output of ``case`` in its native grid (see the module docstring)."""
         t0 = time.perf_counter()
         model = self.model
-        missing = [m for m in model.inputs if not case_image_path(case, m).exists()]
+        missing = [m for m in self.modalities if not case_image_path(case, m).exists()]
         if missing:
             raise DataError(
                 case_image_path(case, missing[0]),
                 f"case {case.id} lacks the input(s) {missing} that this model reads ({', '.join(model.inputs)})",
                 "add the file(s), or use a model trained on what the case has",
             )
-        images = {m: case_image_path(case, m) for m in model.inputs}
+        images = {m: case_image_path(case, m) for m in self.modalities}
         # A map output is put on the grid of the case's own map of that name when there is one.
         on_grid = [
             s.reference

@@ -570,3 +570,51 @@ def _bbox_slices(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
         m = margin if axis < 2 else 0
         out.append(slice(max(int(idx[0]) - m, 0), min(int(idx[-1]) + 1 + m, mask.shape[axis])))
     return tuple(out)
+
+
+# ------------------------------------------------------------------------------ synthesis (pseudo-DWI)
+
+SYNTHESIS_COLUMNS: tuple[str, ...] = ("ssim", "psnr", "ssim_local", "psnr_local", "mae")
+"""Per-case columns of :func:`synthesis_metrics`: SSIM and PSNR globally (in the brain) and locally (around
+the reference lesion), and the mean absolute error in the brain (Wang et al. 2020, Tables 1 and 2)."""
+
+LOCAL_MARGIN_MM = 10.0
+"""The local region of Wang et al.'s local SSIM/PSNR ("the region around the ground truth lesion"; the paper
+gives no size): brain voxels within this distance (mm, 3D) of the reference lesion, the lesion included."""
+
+
+def lesion_neighbourhood(lesion: np.ndarray, spacing: Sequence[float], margin_mm: float = LOCAL_MARGIN_MM) -> np.ndarray:
+    """Voxels within ``margin_mm`` (Euclidean, in mm with the voxel ``spacing``) of a boolean lesion mask."""
+    lesion = np.asarray(lesion) > 0
+    out = np.zeros(lesion.shape, bool)
+    if not lesion.any():
+        return out
+    spacing = _as_spacing(spacing, lesion.ndim)
+    margin = [int(np.ceil(margin_mm / s)) + 1 for s in spacing]
+    box = []
+    for axis in range(lesion.ndim):
+        other = tuple(a for a in range(lesion.ndim) if a != axis)
+        idx = np.flatnonzero(lesion.any(axis=other))
+        box.append(slice(max(int(idx[0]) - margin[axis], 0), min(int(idx[-1]) + 1 + margin[axis], lesion.shape[axis])))
+    box = tuple(box)
+    out[box] = ndimage.distance_transform_edt(~lesion[box], sampling=spacing) <= margin_mm
+    return out
+
+
+def synthesis_metrics(pred, reference, brain, lesion, spacing: Sequence[float], data_range: float = 1.0) -> dict[str, float]:
+    """Quality of a synthesised image (a pseudo-DWI in [0, 1]) against its reference, one code path for every
+    table: ``ssim``/``psnr``/``mae`` in ``brain``; ``ssim_local``/``psnr_local`` in the brain within
+    :data:`LOCAL_MARGIN_MM` of ``lesion`` (NaN without a lesion). SSIM and PSNR as :func:`regression_metrics`."""
+    pred, reference, brain, lesion = (
+        v.detach().cpu().numpy() if hasattr(v, "detach") else np.asarray(v) for v in (pred, reference, brain, lesion)
+    )
+    brain = brain > 0
+    whole = regression_metrics(pred, reference, brain, data_range)
+    local = regression_metrics(pred, reference, lesion_neighbourhood(lesion, spacing) & brain, data_range)
+    return {
+        "ssim": whole["ssim"],
+        "psnr": whole["psnr"],
+        "ssim_local": local["ssim"],
+        "psnr_local": local["psnr"],
+        "mae": whole["mae"],
+    }

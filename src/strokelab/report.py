@@ -34,9 +34,10 @@ import pandas as pd
 from strokelab.errors import DataError
 from strokelab.io import atomic_path, atomic_write_text
 from strokelab.metrics import METRIC_COLUMNS as SEGMENTATION_COLUMNS
-from strokelab.metrics import REGRESSION_COLUMNS
+from strokelab.metrics import REGRESSION_COLUMNS, SYNTHESIS_COLUMNS
 
-METRIC_COLUMNS = SEGMENTATION_COLUMNS + REGRESSION_COLUMNS  # a table holds one kind or the other
+# A table holds segmentation metrics, map-regression metrics, or (a synthesis chain) both kinds of its outputs.
+METRIC_COLUMNS = SEGMENTATION_COLUMNS + REGRESSION_COLUMNS + tuple(c for c in SYNTHESIS_COLUMNS if c not in REGRESSION_COLUMNS)
 
 STAT_COLUMNS: tuple[str, ...] = ("mean", "std", "median", "q25", "q75", "n", "n_nan")
 """Statistic columns of :func:`summarize` (``std`` is the sample std, ddof=1)."""
@@ -54,12 +55,16 @@ WANG_STRATA_LABELS: tuple[str, ...] = ("<10 ml", "10-50 ml", ">50 ml")
 STRATA: tuple[str, ...] = ("wang", "default")
 """Names accepted by :func:`strata_table`: Wang's three strata, or the 5/20/70 ml bins of :func:`summarize_by`."""
 
-PAPER_LAYOUTS: tuple[str, ...] = ("wang",)
-"""Layouts of :func:`paper_table`."""
+PAPER_LAYOUTS: tuple[str, ...] = ("wang", "wang_synthesis")
+"""Layouts of :func:`paper_table`: ``wang`` (segmentation, Tables 3-5), ``wang_synthesis`` (Tables 1-2)."""
 
 WANG_COLUMNS: tuple[str, ...] = ("params_m", "precision", "recall", "dice", "hd95_mm", "assd_mm")
 """Default columns of :func:`paper_table` (Wang et al. Tables 3 and 4; ``params_m`` only when a table has it).
 Add ``rve`` for Table 5."""
+
+WANG_SYNTHESIS_COLUMNS: tuple[str, ...] = ("ssim", "psnr", "ssim_local", "psnr_local", "dice")
+"""Default columns of the ``wang_synthesis`` layout (Wang et al. Tables 1 and 2: pseudo-DWI quality globally
+and around the lesion, :func:`strokelab.metrics.synthesis_metrics`, and the Dice of the segmentation)."""
 
 _PAPER_HEADERS = {
     "params_m": "Params (M)",
@@ -69,6 +74,10 @@ _PAPER_HEADERS = {
     "hd95_mm": "HD95 (mm)",
     "assd_mm": "ASSD (mm)",
     "rve": "RVE",
+    "ssim": "SSIM (global)",
+    "psnr": "PSNR (dB, global)",
+    "ssim_local": "SSIM (local)",
+    "psnr_local": "PSNR (dB, local)",
 }
 _PERCENT = ("precision", "recall", "dice")
 
@@ -283,7 +292,8 @@ def paper_table(
 
     Args:
         named_tables: model name -> its per-case metrics table (e.g. :func:`collect_runs`).
-        layout: ``"wang"`` (the only layout so far).
+        layout: ``"wang"`` (segmentation, Tables 3-5) or ``"wang_synthesis"`` (pseudo-DWI quality, Tables 1-2:
+            :data:`WANG_SYNTHESIS_COLUMNS`, SSIM with 4 and PSNR with 2 decimals).
         columns: what to show, from ``params_m`` and the metric columns. Default
             :data:`WANG_COLUMNS`: ``Params (M)`` (only if some table has ``params_m``),
             ``Precision (%)``, ``Recall (%)``, ``Dice (%)``, ``HD95 (mm)``, ``ASSD (mm)``; add
@@ -317,7 +327,8 @@ def paper_table(
         raise DataError("paper_table", f"unknown layout {layout!r}", f"choose from {list(PAPER_LAYOUTS)}")
     if columns is None:
         has_params = any("params_m" in frame.columns for frame in named_tables.values())
-        columns = [c for c in WANG_COLUMNS if c != "params_m" or has_params]
+        default = WANG_SYNTHESIS_COLUMNS if layout == "wang_synthesis" else WANG_COLUMNS
+        columns = [c for c in default if c != "params_m" or has_params]
     columns = list(columns)
     unknown = [c for c in columns if c != "params_m" and c not in METRIC_COLUMNS]
     if unknown:
@@ -417,6 +428,8 @@ def _paper_cell(frame: pd.DataFrame, column: str, name: str) -> str:
         values = values.abs()  # Wang et al.: RVE = abs(Vg - Vs) / Vg
     stats = _stats(values)
     scale, decimals = (100.0, 2) if column in _PERCENT else (1.0, 2 if column in _PAPER_HEADERS else _DECIMALS.get(column, 3))
+    if column.startswith("ssim"):
+        decimals = 4  # Wang et al. Tables 1-2
 
     def number(v: float) -> str:
         return "nan" if not np.isfinite(v) else f"{v * scale:.{decimals}f}"
@@ -725,13 +738,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     parser = argparse.ArgumentParser(prog="python -m strokelab.report", description=main.__doc__)
-    parser.add_argument("run_dir", help="a train.py run or multirun folder (e.g. logs/cv/multiruns/DATE)")
+    parser.add_argument(
+        "run_dir", nargs="+", help="train.py run or multirun folder(s) (e.g. logs/cv/multiruns/DATE); several are pooled"
+    )
     parser.add_argument(
         "--layout",
         choices=("summary", *PAPER_LAYOUTS),
         default="summary",
         help="summary: mean ± std of the main metrics; wang: Wang et al. 2020 Tables 3-5 (Precision/Recall/Dice in %%, "
-        "HD95/ASSD in mm, Params (M) when the tables have params_m)",
+        "HD95/ASSD in mm, Params (M) when the tables have params_m); wang_synthesis: Tables 1-2 (global and local "
+        "SSIM/PSNR of the pseudo-DWI, Dice in %%)",
     )
     parser.add_argument(
         "--columns",
@@ -755,7 +771,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        tables = collect_runs(args.run_dir)
+        tables: dict[str, pd.DataFrame] = {}
+        for run_dir in args.run_dir:
+            for model, table in collect_runs(run_dir).items():
+                tables[model] = pd.concat([tables[model], table], ignore_index=True) if model in tables else table
         if args.layout == "summary":
             regression = all(set(REGRESSION_COLUMNS) <= set(t.columns) for t in tables.values())
             metrics = args.columns or (REGRESSION_COLUMNS if regression else None)
@@ -773,10 +792,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    out = Path(args.run_dir[0])
     for model, table in tables.items():
-        write_report(table, Path(args.run_dir) / "summary" / model, title=f"{model}, pooled held-out folds")
+        write_report(table, out / "summary" / model, title=f"{model}, pooled held-out folds")
     print(text)
-    print(f"reports: {Path(args.run_dir) / 'summary'}/<model>/summary.md")
+    print(f"reports: {out / 'summary'}/<model>/summary.md")
     return 0
 
 

@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> float | None:
     """Train (unless model=threshold), then test; returns the best ``monitor.metric`` for sweepers."""
     from strokelab.evaluation import evaluate_cases
     from strokelab.inference import ModelPredictor
-    from strokelab.metrics import REGRESSION_COLUMNS
+    from strokelab.metrics import REGRESSION_COLUMNS, SYNTHESIS_COLUMNS
     from strokelab.report import comparison_table
     from strokelab.tasks.task import Task
 
@@ -81,7 +81,7 @@ def train(cfg: DictConfig) -> float | None:
 
     best_score, best_ckpt, loggers, trainer = None, None, [], None
     if model is not None and cfg.get("train", True):
-        task = Task(model, meta=checkpoint_meta(cfg, model))
+        task = Task(model, meta=checkpoint_meta(cfg, model), val_images=int(cfg.get("val_images", 8)))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
@@ -122,6 +122,8 @@ def train(cfg: DictConfig) -> float | None:
         tables[name] = evaluate_cases(predictor, test_cases, output_dir / "test" / name)
     segmentation = threshold_only or model.mask_output is not None
     shown = ("dice", "lesion_f1", "avd_ml", "hd95_mm") if segmentation else REGRESSION_COLUMNS
+    if not threshold_only and any(s.kind == "image" and s.reference for s in model.outputs.values()):
+        shown = (*shown[: 2 if segmentation else 0], *SYNTHESIS_COLUMNS[:4])  # a synthesis chain: its image quality too
     table = comparison_table(tables, metrics=shown)
     chosen = (
         f"checkpoint chosen by {monitor['metric']} on {datamodule.describe_validation()}"
@@ -131,7 +133,7 @@ def train(cfg: DictConfig) -> float | None:
     atomic_write_text(output_dir / "test" / "comparison.md", f"{table}\n\n{chosen}\n")
     for lg in loggers:
         for name, frame in tables.items():
-            lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in shown})
+            lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in shown if k in frame})
         lg.finalize("success")
         if type(lg).__name__ == "WandbLogger":  # close the run now so the table below is the last output
             lg.experiment.finish()

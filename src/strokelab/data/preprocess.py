@@ -11,6 +11,17 @@ intensity threshold at 10 % of the range, or a CT brain mask from the HU values)
 the brain (``normalize: minmax``) or z-scored. A regression target (e.g. ``tmax``) keeps its units (s),
 clipped to ``target_range``; it is resampled and cropped like the inputs.
 
+Wang et al. 2020's temporal features (section 3.1) are inputs derived from the raw CTP (``DERIVED_INPUTS``),
+computed on the native grid before anything is resampled: ``ctp_mip``, the temporal MIP F_l (Eq. 1, HU; a CT
+image: z-scored over its head) and ``ctp_window``, the CTP cropped to its perfusion window [Ts, Te] (Eq. 2-3
+on q(t) summed over the whole volume, K = ``window_k``) and resampled to ``window_frames`` frames (channels,
+one mean/std over all of them inside the head; the window found is in the entry's ``stats``). The CTP file is
+read for them (``Serve.modalities``) but served as the raw series only when ``ctp`` itself is an input.
+
+A synthesis target in ``UNIT_SCALED_TARGETS`` (``dwi``, the pseudo-DWI chain's target) is scaled to [0, 1]
+on the native grid by :func:`scale_to_unit` (section 4.1: by its minimum and 99th percentile), then resampled;
+``target_range`` does not apply to it. As an input, a DWI is z-scored like any MR image.
+
 The cache file of a case holds the preprocessed tensors, the affine of the preprocessed grid and the
 case's native grid, so a prediction can be mapped back exactly. A cache entry is keyed by a hash of the
 preprocessing config and the modality list, and is redone when a source file's size or mtime changes.
@@ -32,16 +43,29 @@ import torch
 import torchio as tio
 
 from strokelab.data.check import LoadedCase, load_case
-from strokelab.data.layouts import TIME_SERIES, Case
-from strokelab.errors import ConfigError, DataSetError, StrokelabError
+from strokelab.data.layouts import DERIVED_INPUTS, TIME_SERIES, Case, source_modalities
+from strokelab.errors import ConfigError, DataError, DataSetError, StrokelabError
 from strokelab.io import atomic_path
+from strokelab.perfusion.temporal import (
+    WANG_CE,
+    WANG_K,
+    PerfusionWindow,
+    accumulated_intensity,
+    crop_and_resample,
+    perfusion_window,
+    temporal_mip,
+)
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 3  # 3: named images (inputs, targets, weight map) instead of image/label/target
+CACHE_VERSION = 4  # 4: derived CTP inputs (ctp_mip, ctp_window), unit-scaled dwi target; 3: named images
 # Head/brain foreground per modality: CT images by an HU threshold (air is about -1000 HU); perfusion
-# maps and MR images are 0 outside the brain in ISLES'24, so anything non-zero is foreground.
-CT_MODALITIES = frozenset({"ncct", "cta", "ctp"})
+# maps and MR images are 0 outside the brain in ISLES'24, so anything non-zero is foreground. The CTP's
+# temporal MIP and perfusion-window series are in HU too.
+CT_MODALITIES = frozenset({"ncct", "cta", "ctp", "ctp_mip", "ctp_window"})
+# Synthesis targets scaled to [0, 1] by :func:`scale_to_unit` (Wang et al. 2020, section 4.1).
+UNIT_SCALED_TARGETS = frozenset({"dwi"})
+UNIT_SCALE_PERCENTILE = 99.0
 CT_HEAD_HU = -300.0
 NORMALIZATIONS = ("zscore", "minmax", "none")
 SKULL_STRIPS = ("none", "threshold", "ct")
@@ -67,6 +91,9 @@ class Preprocessing:
     skull_threshold: float = 0.1  # for skull_strip=threshold
     series_smooth_mm: float = 0.0  # in-plane Gaussian SD (mm) for 4D series inside the brain mask; 0: none
     target_range: tuple[float, float] | None = None  # clip a regression target to this range (its units)
+    # Wang et al.'s perfusion-window input ctp_window (see the module docstring):
+    window_frames: int = WANG_CE  # Ce: frames of the window after uniform resampling
+    window_k: int = WANG_K  # K: consecutive derivative signs that open / close the window (Eq. 2-3)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Preprocessing:
@@ -106,6 +133,11 @@ class Preprocessing:
             raw["target_range"] = tuple(float(v) for v in raw["target_range"])
             if len(raw["target_range"]) != 2 or raw["target_range"][0] >= raw["target_range"][1]:
                 raise ConfigError("data.preprocess.target_range", f"is {raw['target_range']}", "give [low, high], e.g. [0, 20]")
+        for name, default, example in (("window_frames", WANG_CE, "6 (Wang et al.)"), ("window_k", WANG_K, "5 (Wang et al.)")):
+            value = raw.get(name, default)
+            if isinstance(value, bool) or not float(value).is_integer() or int(value) < 1:
+                raise ConfigError(f"data.preprocess.{name}", f"is {value}", f"use a positive whole number, e.g. {example}")
+            raw[name] = int(value)
         if raw.get("zscore_region", "foreground") not in {"foreground", "all"}:
             raise ConfigError("data.preprocess.zscore_region", f"'{raw['zscore_region']}' is not foreground or all", "pick one")
         return cls(**raw)
@@ -113,6 +145,37 @@ class Preprocessing:
     def key(self, serve: Serve) -> str:
         blob = json.dumps({"v": CACHE_VERSION, "prep": asdict(self), "serve": asdict(serve)}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def scale_to_unit(volume: np.ndarray) -> np.ndarray:
+    """A volume scaled to [0, 1] by its minimum and 99th percentile, values above clipped to 1 (Wang et al.
+    2020, section 4.1: the DWI target "scaled to (0, 1) based on the minimal value and the 99-th percentile").
+
+    Both are taken over the non-zero voxels only, so that the amount of air (0) around the head does not move
+    the percentile; zero voxels stay 0. float32; a constant (or empty) volume gives zeros. Apply it to a
+    native file to put it on the scale a ``dwi`` target is served on (preprocessing applies it before
+    resampling).
+    """
+    data = np.asarray(volume, dtype=np.float32)
+    out = np.zeros(data.shape, np.float32)
+    inside = (data != 0) & np.isfinite(data)
+    if not inside.any():
+        return out
+    values = data[inside]
+    low, high = float(values.min()), float(np.percentile(values, UNIT_SCALE_PERCENTILE))
+    if not high > low:
+        return out
+    out[inside] = np.clip((values - low) / (high - low), 0.0, 1.0)
+    return out
+
+
+def window_channels(series: np.ndarray, frames: int = WANG_CE, k: int = WANG_K) -> tuple[np.ndarray, PerfusionWindow]:
+    """Wang et al.'s I* of a (X, Y, Z, T) series as (frames, X, Y, Z), with the window it covers: the
+    perfusion window [Ts, Te] from q(t) summed over the whole volume (Eq. 2-3, ``k``), its frames resampled
+    uniformly to ``frames`` (see :mod:`strokelab.perfusion.temporal`)."""
+    window = perfusion_window(accumulated_intensity(series), k)
+    cropped = crop_and_resample(series, window.start, window.end, frames)
+    return np.ascontiguousarray(np.moveaxis(cropped, -1, 0)), window
 
 
 def foreground(modality: str, data: np.ndarray) -> np.ndarray:
@@ -199,8 +262,6 @@ def _normalise(data: np.ndarray, fg: np.ndarray, modality: str, prep: Preprocess
 
 def series_channels(series: np.ndarray, frames: int) -> np.ndarray:
     """A (X, Y, Z, T) series as (frames, X, Y, Z): resampled uniformly in time over the whole acquisition."""
-    from strokelab.perfusion.temporal import crop_and_resample
-
     resampled = crop_and_resample(series, 0, series.shape[-1] - 1, frames)
     return np.ascontiguousarray(np.moveaxis(resampled, -1, 0))
 
@@ -254,10 +315,12 @@ def smooth_in_plane(series: np.ndarray, region: np.ndarray, sigma_mm: float, spa
 class Serve:
     """What the data side serves a model, by name (the model declares it; see ``strokelab.models``).
 
-    ``inputs``: modalities read from the case's files and normalised (a 4D series becomes ``frames`` channels).
+    ``inputs``: modalities read from the case's files and normalised (a 4D series becomes ``frames`` channels),
+    or inputs derived from one (``DERIVED_INPUTS``: ``ctp_mip``, ``ctp_window``; see the module docstring).
     ``targets``: what the losses and metrics compare with: a modality (e.g. ``tmax``, kept in its units and
-    clipped to ``target_range``), ``label`` (the follow-up lesion mask), ``weight_map`` (Wang et al.'s
-    Eq. 9 map, from the label of the whole preprocessed volume) or ``brain`` (the skull-strip mask).
+    clipped to ``target_range``; ``dwi`` scaled to [0, 1] instead, see ``UNIT_SCALED_TARGETS``), ``label`` (the
+    follow-up lesion mask), ``weight_map`` (Wang et al.'s Eq. 9 map, from the label of the whole preprocessed
+    volume) or ``brain`` (the skull-strip mask).
     ``weight_map``: its parameters ``w`` (lesion weight), ``D`` (decay) and ``unit`` (``voxel``: distances in
     voxels of the preprocessed grid, as the paper on its 2D training slices; ``mm``). With ``per_slice`` the
     distances are taken within each axial slice (2D slice mode, as the paper), else in 3D.
@@ -276,6 +339,9 @@ class Serve:
         both = sorted(set(inputs) & set(targets))
         if both:
             raise ConfigError("model.targets", f"{both} are also inputs", "a target cannot be an input too")
+        derived = [t for t in targets if t in DERIVED_INPUTS]
+        if derived:
+            raise ConfigError("model.targets", f"{derived} are inputs derived from the CTP", "serve them as inputs")
         settings = {**DEFAULT_WEIGHT_MAP, **dict(weight_map or {})}
         unknown = set(settings) - set(DEFAULT_WEIGHT_MAP)
         if unknown:
@@ -286,8 +352,9 @@ class Serve:
 
     @property
     def modalities(self) -> list[str]:
-        """Files to read: the inputs and the modality targets (label and derived maps are not modalities)."""
-        return [*self.inputs, *(t for t in self.targets if t not in DERIVED_TARGETS)]
+        """Files to read: the inputs' sources (``ctp`` for ``ctp_mip``; see ``source_modalities``) and the modality
+        targets (label and derived maps are not modalities)."""
+        return source_modalities([*self.inputs, *(t for t in self.targets if t not in DERIVED_TARGETS)])
 
     @property
     def needs_label(self) -> bool:
@@ -320,19 +387,51 @@ def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, serve: Serve | No
 
     Returns ``{"case", "inputs", "channels", "images": {name: (C, X, Y, Z) tensor}, "affine", "native_shape",
     "native_affine", "stats"}``; ``images`` holds every input, every target, and ``brain`` when skull-stripped.
+    ``stats[input]`` holds its normalisation (``mean``/``std`` or ``min``/``max``), for ``ctp_window`` also the
+    ``window`` found (``start``, ``end``: frames of the raw series, 0-based, inclusive; ``found_start``,
+    ``found_end``: whether Eq. 2 / Eq. 3 held; ``k``; ``source_frames``).
     Without ``serve`` every loaded image is an input and the label (if loaded) the target.
     """
     if serve is None:
         serve = Serve.make(list(loaded.images), ("label",) if loaded.label is not None else ())
     map_targets = [t for t in serve.targets if t not in DERIVED_TARGETS]
     arrays: dict[str, np.ndarray] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    for m in serve.inputs:  # derived inputs, from the native source before anything else happens to it
+        if m not in DERIVED_INPUTS:
+            continue
+        source = DERIVED_INPUTS[m]
+        if source not in loaded.images:
+            raise DataError(
+                f"case {loaded.case.id}",
+                f"input '{m}' is computed from '{source}', which was not read",
+                f"read the case with its '{source}' file (Serve.modalities lists the files to read)",
+            )
+        if m == "ctp_mip":
+            arrays[m] = temporal_mip(loaded.images[source]).astype(np.float32)
+        else:
+            arrays[m], window = window_channels(loaded.images[source], prep.window_frames, prep.window_k)
+            stats[m] = {
+                "window": {
+                    "start": window.start,
+                    "end": window.end,
+                    "found_start": window.found_start,
+                    "found_end": window.found_end,
+                    "k": prep.window_k,
+                    "source_frames": int(loaded.images[source].shape[-1]),
+                }
+            }
     for m, a in loaded.images.items():
+        if m in TIME_SERIES and m not in serve.inputs and m not in map_targets:
+            continue  # read only as the source of derived inputs
         if m in TIME_SERIES:
             if m in map_targets:
                 raise ConfigError("model.targets", f"'{m}' is a 4D series", "give a 3D map as the regression target")
             if prep.frames is None:
                 raise ConfigError("data.preprocess.frames", f"is not set but '{m}' is a 4D series", "set e.g. frames: 32")
             arrays[m] = series_channels(a, prep.frames)
+        elif m in map_targets and m in UNIT_SCALED_TARGETS:
+            arrays[m] = scale_to_unit(a)  # on the native grid, as evaluation scales the native file
         else:
             arrays[m] = a
     if serve.needs_label:
@@ -366,12 +465,12 @@ def preprocess_loaded(loaded: LoadedCase, prep: Preprocessing, serve: Serve | No
         affine = affine.copy()
         affine[:3, 3] = affine[:3, :3] @ np.array([b.start for b in box], dtype=float) + affine[:3, 3]
     images: dict[str, torch.Tensor] = {}
-    stats = {}
     for m in inputs:
-        normalised, stats[m] = _normalise(arrays[m], fg[m], m, prep)
+        normalised, norm_stats = _normalise(arrays[m], fg[m], m, prep)
+        stats[m] = {**norm_stats, **stats.get(m, {})}
         images[m] = torch.from_numpy(normalised if normalised.ndim == 4 else normalised[None])
     for t, a in target_data.items():
-        if prep.target_range is not None:
+        if prep.target_range is not None and t not in UNIT_SCALED_TARGETS:
             a = np.clip(a, *prep.target_range)
         images[t] = torch.from_numpy(a[None].astype(np.float32))
     lesion = None if label is None else label > 0.5

@@ -151,17 +151,30 @@ class Model(nn.Module):
     def mask_output(self) -> str | None:
         return next((n for n, s in self.outputs.items() if s.kind == "mask"), None)
 
-    def losses(self, outputs: dict[str, Any], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Every named loss term (unweighted) and ``loss``, their weighted sum."""
+    active_losses: list[str] | None = None  # a training stage's terms (None: all); see models.chain
+
+    def set_epoch(self, epoch: int, max_epochs: int) -> None:
+        """Called by the task before every training epoch; a model trained in stages switches here."""
+
+    def losses(self, outputs: dict[str, Any], batch: dict[str, Tensor], partial: bool = False) -> dict[str, Tensor]:
+        """Every named loss term (unweighted) and ``loss``, their weighted sum (the active stage's terms only).
+        ``partial``: skip terms whose prediction is not in ``outputs`` (validation on whole volumes has no
+        training-only outputs such as a discriminator's scores)."""
         batch = {**batch, **self.extra_targets(batch)}
         terms: dict[str, Tensor] = {}
         total: Tensor | None = None
-        for name, term in self.loss_terms.items():
+        names = self.loss_terms if self.active_losses is None else self.active_losses
+        for name in names:
+            term = self.loss_terms[name]
+            if partial and (term.pred not in outputs or term.target not in batch):
+                continue
             kwargs = {} if term.voxel_weight is None else {"weight": batch[term.voxel_weight]}
             value = term.fn(outputs[term.pred], batch[term.target].float(), **kwargs)
             terms[name] = value
             total = term.weight * value if total is None else total + term.weight * value
         if total is None:
+            if partial:  # e.g. validating a stage whose terms are all training-only: no validation loss
+                return terms
             raise ConfigError("model.losses", "is empty", "declare at least one loss term to train the model")
         terms["loss"] = total
         return terms
@@ -198,6 +211,17 @@ class Model(nn.Module):
             if spec.value_range is not None:
                 result[n] = result[n].clamp(*spec.value_range)
         return result
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        """What the main optimiser updates (a model with an adversary leaves out the discriminator's)."""
+        return list(self.parameters())
+
+    # A model with an adversary has a ``discriminator`` module, trained by the task's second optimiser on
+    # discriminator_loss while discriminator_active (not a class attribute: nn.Module registers submodules).
+    discriminator_active: bool = False
+
+    def discriminator_loss(self, outputs: dict[str, Any], batch: dict[str, Tensor]) -> Tensor:
+        raise ConfigError("model.discriminator", "is not set", "only a model with an adversary has a discriminator loss")
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

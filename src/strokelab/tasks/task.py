@@ -2,9 +2,18 @@
 
 It reads the model's named inputs and targets from TorchIO batches, sums and logs its named loss terms
 (``train/<term>`` and ``train/loss``), validates on whole volumes with the model's sliding-window inference,
-logs the metrics of every declared output (``val/dice`` ... for the mask, ``val/mae`` ... for a map, plus
-``val/loss``), builds the optimiser and scheduler the model config names, and stores the whole model config in
-every checkpoint (``meta``, set by ``train.py``), so that ``predict.py`` can rebuild the model from it alone.
+logs the metrics of every declared output (``val/dice`` ... for the mask, ``val/mae`` ... for a map,
+``val/ssim``, ``val/psnr``, ``val/ssim_local`` ... for an image such as a pseudo-DWI, plus ``val/loss``),
+draws one slice per validation case (``strokelab.previews``: a PNG under ``<run>/val_images/`` and an image
+in wandb/TensorBoard), builds the optimiser and scheduler the model config names, and stores the whole model
+config in every checkpoint (``meta``, set by ``train.py``), so that ``predict.py`` can rebuild the model from
+it alone.
+
+A model trained in stages switches before every epoch (``Model.set_epoch``). A model with an adversary (a
+``discriminator`` module, Table 1's GAN rows) is optimised manually: one step of the model's optimiser on its
+loss, then one step of a second optimiser (``model.discriminator_optimizer_factory``, else the model's settings)
+on ``model.discriminator_loss``, logged as
+``train/discriminator``.
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from strokelab.errors import ConfigError
-from strokelab.metrics import REGRESSION_COLUMNS, regression_metrics
+from strokelab.metrics import REGRESSION_COLUMNS, SYNTHESIS_COLUMNS, regression_metrics, synthesis_metrics
 from strokelab.models.base import Model
 
 MASK_METRICS = ("dice", "precision", "recall", "avd_ml")
@@ -49,18 +58,37 @@ def batch_images(batch: dict, names: list[str], spatial_dims: int) -> dict[str, 
     return out
 
 
+def brain_region(images: dict[str, Tensor], reference: Tensor) -> Tensor:
+    """Where a synthesised image is scored globally: the skull-strip mask when served, else the union of the
+    perfusion maps' non-zero voxels among the inputs (ISLES maps are 0 outside the brain), else the
+    reference's non-zero voxels. The same rule as ``strokelab.evaluation`` at test time."""
+    from strokelab.perfusion.derive import ISLES_MAPS
+
+    if "brain" in images:
+        return images["brain"] > 0
+    maps = [images[m] != 0 for m in ISLES_MAPS if m in images]
+    if maps:
+        return torch.stack(maps).any(dim=0)
+    return reference != 0
+
+
 class Task(L.LightningModule):
-    def __init__(self, model: Model, meta: dict[str, Any] | None = None):
+    def __init__(self, model: Model, meta: dict[str, Any] | None = None, val_images: int = 8):
         super().__init__()
         self.model = model
         self.meta: dict[str, Any] = dict(meta or {})  # the model config and data settings: stored in checkpoints
+        self.val_images = int(val_images)  # validation cases drawn per validation (one slice each)
+        self._drawn = 0
+        self.adversarial = getattr(model, "discriminator", None) is not None
+        if self.adversarial:
+            self.automatic_optimization = False
         names = ["loss"]
         self.metric_names: dict[str, dict[str, str]] = {}  # output -> metric -> logged name
         maps = [n for n, s in model.outputs.items() if s.kind != "mask" and s.reference is not None]
         for name, spec in model.outputs.items():
             if spec.kind != "mask" and spec.reference is None:
                 continue  # nothing to score it against
-            keys = MASK_METRICS if spec.kind == "mask" else REGRESSION_COLUMNS
+            keys = MASK_METRICS if spec.kind == "mask" else SYNTHESIS_COLUMNS if spec.kind == "image" else REGRESSION_COLUMNS
             prefix = "" if spec.kind == "mask" or len(maps) == 1 else f"{name}_"
             self.metric_names[name] = {k: prefix + k for k in keys}
             names += list(self.metric_names[name].values())
@@ -69,15 +97,39 @@ class Task(L.LightningModule):
         self.progress_metric = "dice" if mask else next(iter(self.metric_names[maps[0]].values()), "loss") if maps else "loss"
 
     # -- training --------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.model.set_epoch(self.current_epoch, int(self.trainer.max_epochs or 1))
+
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         model = self.model
         images = batch_images(batch, model.inputs + model.served_targets, model.spatial_dims)
         outputs = model({m: images[m] for m in model.inputs})
         terms = model.losses(outputs, images)
         size = images[model.inputs[0]].shape[0]
+        if self.adversarial:
+            self._adversarial_step(outputs, images, terms["loss"], size)
         for name, value in terms.items():
             self.log(f"train/{name}", value, on_step=name == "loss", on_epoch=True, prog_bar=name == "loss", batch_size=size)
         return terms["loss"]
+
+    def _adversarial_step(self, outputs: dict, images: dict, loss: Tensor, size: int) -> None:
+        """Manual optimisation: the model's step on its loss, then the discriminator's on its own loss."""
+        opt_model, opt_disc = self.optimizers()
+        opt_model.zero_grad()
+        self.manual_backward(loss)
+        opt_model.step()
+        if self.model.discriminator_active:
+            disc_loss = self.model.discriminator_loss(outputs, images)
+            opt_disc.zero_grad()
+            self.manual_backward(disc_loss)
+            opt_disc.step()
+            self.log("train/discriminator", disc_loss, on_step=False, on_epoch=True, batch_size=size)
+
+    def on_train_epoch_end(self) -> None:
+        if self.adversarial:  # manual optimisation: the epoch-wise schedulers are stepped here
+            schedulers = self.lr_schedulers()
+            for scheduler in schedulers if isinstance(schedulers, list) else [schedulers] if schedulers else []:
+                scheduler.step()
 
     # -- validation ------------------------------------------------------------------------------
     def _evaluate(self, batch: dict) -> None:
@@ -85,9 +137,12 @@ class Task(L.LightningModule):
         names = model.inputs + model.served_targets + (["brain"] if "brain" in batch else [])
         images = batch_images(batch, list(dict.fromkeys(names)), 3)  # whole volumes: always (B, C, X, Y, Z)
         preds = model.predict_volume(images)
-        self.metrics["loss"].update(model.losses(preds, images)["loss"])
+        terms = model.losses(preds, images, partial=True)
+        if "loss" in terms:
+            self.metrics["loss"].update(terms["loss"])
         affine = torch.as_tensor(batch[model.inputs[0]][tio.AFFINE])[0, :3, :3].double()
         voxel_ml = float(affine.det().abs()) / 1000.0
+        spacing = tuple(float(v) for v in affine.norm(dim=0))
         for name, logged in self.metric_names.items():
             spec = model.outputs[name]
             if spec.kind == "mask":
@@ -98,6 +153,16 @@ class Task(L.LightningModule):
                 continue
             reference = images[spec.reference].float()
             value_range = spec.value_range
+            if spec.kind == "image":  # a synthesised image: SSIM/PSNR in the brain and around the lesion
+                brain = brain_region(images, reference)
+                lesion = images["label"] > 0.5 if "label" in images else torch.zeros_like(brain)
+                span = (value_range[1] - value_range[0]) if value_range else 1.0
+                for i in range(reference.shape[0]):
+                    values = synthesis_metrics(preds[name][i, 0], reference[i, 0], brain[i, 0], lesion[i, 0], spacing, span)
+                    for key, value in values.items():
+                        if value == value:
+                            self.metrics[logged[key]].update(value)
+                continue
             for i in range(reference.shape[0]):
                 span = (value_range[1] - value_range[0]) if value_range else float(reference[i].max() - reference[i].min())
                 region = reference[i, 0] != 0 if spec.kind == "map" else images.get("brain", reference)[i, 0] != 0
@@ -105,6 +170,7 @@ class Task(L.LightningModule):
                 for key, value in values.items():
                     if value == value:  # NaN: no brain in this volume
                         self.metrics[logged[key]].update(value)
+        self._draw(batch, images, preds)
 
     def _log_epoch(self, prefix: str) -> None:
         for key, metric in self.metrics.items():
@@ -116,14 +182,83 @@ class Task(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch)
 
+    def on_validation_epoch_start(self) -> None:
+        self._drawn = 0
+
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")
+
+    def _draw(self, batch: dict, images: dict[str, Tensor], preds: dict[str, Tensor]) -> None:
+        """One slice per validation case (up to ``val_images``): a PNG in the run folder and the loggers' images."""
+        from pathlib import Path
+
+        from strokelab.previews import lesion_slice, render_row, save_png
+
+        if self.val_images <= 0 or self.trainer is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        model = self.model
+        cases = batch.get("case") or [f"case{self._drawn + i}" for i in range(images[model.inputs[0]].shape[0])]
+        folder = Path(self.trainer.default_root_dir or ".") / "val_images" / f"epoch_{self.current_epoch:03d}"
+        for i, case in enumerate(cases):
+            if self._drawn >= self.val_images:
+                return
+            self._drawn += 1
+            label = images["label"][i, 0].cpu().numpy() > 0.5 if "label" in images else None
+            z = lesion_slice(label, images[model.inputs[0]].shape[-1])
+            panels, ranges, overlay, mask = {}, {}, None, None
+            for m in model.inputs:
+                panels[m] = images[m][i, 0, ..., z].float().cpu().numpy()
+            for name, spec in model.outputs.items():
+                values = preds[name][i, 0, ..., z].float()
+                if spec.kind == "mask":
+                    mask = (torch.sigmoid(values) >= model.threshold).cpu().numpy()
+                    continue
+                panels[name] = values.cpu().numpy()
+                if spec.value_range is not None:
+                    ranges[name] = spec.value_range
+                if spec.reference is not None and spec.reference in images:
+                    panels[spec.reference] = images[spec.reference][i, 0, ..., z].float().cpu().numpy()
+                    ranges[spec.reference] = spec.value_range or ranges.get(name)
+                    overlay = panels[spec.reference]
+            if mask is None and label is None:
+                overlay = None
+            elif overlay is None:
+                overlay = panels[model.inputs[0]]
+            rgb = render_row(
+                panels,
+                ranges,
+                overlay,
+                mask,
+                None if label is None else label[..., z],
+                f"{case}, slice {z}, epoch {self.current_epoch}",
+            )
+            save_png(rgb, folder / f"{case}.png")
+            self._log_image(f"val/images/{case}", rgb)
+
+    def _log_image(self, key: str, rgb) -> None:
+        for logger in self.loggers:
+            kind = type(logger).__name__
+            try:
+                if kind == "WandbLogger":
+                    logger.log_image(key=key, images=[rgb], step=self.global_step)
+                elif kind == "TensorBoardLogger":
+                    logger.experiment.add_image(key, rgb, self.global_step, dataformats="HWC")
+            except Exception as exc:  # noqa: BLE001 - a dashboard hiccup must not stop training
+                import logging
+
+                logging.getLogger(__name__).warning("could not log %s to %s: %s", key, kind, exc)
 
     # -- optimisation and checkpoints --------------------------------------------------------------
     def configure_optimizers(self):
         if self.model.optimizer_factory is None:
             raise ConfigError("model.optimizer", "is not set", "give a partial optimiser, e.g. torch.optim.AdamW")
-        optimizer = self.model.optimizer_factory(params=self.model.parameters())
+        optimizer = self.model.optimizer_factory(params=self.model.generator_parameters())
+        if self.adversarial:
+            factory = getattr(self.model, "discriminator_optimizer_factory", None) or self.model.optimizer_factory
+            disc = factory(params=self.model.discriminator.parameters())
+            if self.model.scheduler_factory is None:
+                return [optimizer, disc]
+            return [optimizer, disc], [self.model.scheduler_factory(optimizer=o) for o in (optimizer, disc)]
         if self.model.scheduler_factory is None:
             return optimizer
         return {

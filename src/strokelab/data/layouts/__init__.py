@@ -18,6 +18,10 @@ missing one); for ISLES'18 the path is found by globbing the modality folder, an
 for one modality raise :class:`DataError`. ``discover`` also refuses, for ISLES'18, a case folder without
 modality folders and a missing modality folder (or, in TRAINING, a missing OT folder): all such problems
 of the data set at once. TESTING cases have no lesion mask: their label path does not exist.
+
+Some inputs are not files but derived from one (``DERIVED_INPUTS``: Wang et al.'s temporal MIP and perfusion
+window of the CTP); :func:`source_modalities` turns a list of input names into the files to read, and
+``discover`` accepts either.
 """
 
 from __future__ import annotations
@@ -34,12 +38,16 @@ from strokelab.errors import DataError, DataSetError
 LAYOUTS = ("isles24", "isles18")
 # Modalities stored as 4D series (time last); everything else must be 3D. ISLES'18's CT_4DPWI is "ctp".
 TIME_SERIES = frozenset({"ctp"})
+# Inputs computed from a modality file instead of read (input name -> the modality it is computed from):
+# Wang et al. 2020's temporal MIP (Eq. 1) and perfusion-window series (Eq. 2-3), both from the raw CTP.
+DERIVED_INPUTS: dict[str, str] = {"ctp_mip": "ctp", "ctp_window": "ctp"}
 # Platform modality names each layout holds (besides the label).
 LAYOUT_MODALITIES: dict[str, tuple[str, ...]] = {"isles24": tuple(ISLES24_FILES), "isles18": tuple(ISLES18_MODALITIES)}
 _FOLD_TEMPLATES = {"isles24": isles24.FOLD_FILE_TEMPLATE, "isles18": isles18.FOLD_FILE_TEMPLATE}
 
 __all__ = [
     "CASE_PATTERN",
+    "DERIVED_INPUTS",
     "FOLD_FILE_GLOB",
     "FOLD_FILE_NAME",
     "ISLES18_MODALITIES",
@@ -57,8 +65,16 @@ __all__ = [
     "layout_of",
     "modality_path",
     "resolve_input",
+    "source_modalities",
     "training_case_ids",
 ]
+
+
+def source_modalities(names) -> list[str]:
+    """The modality files to read for a list of input (or target) names: a derived input
+    (``DERIVED_INPUTS``) becomes its source, order kept, duplicates dropped; e.g. ``[cbf, cbv, mtt, tmax,
+    ctp_mip, ctp_window]`` -> ``[cbf, cbv, mtt, tmax, ctp]``."""
+    return list(dict.fromkeys(DERIVED_INPUTS.get(str(n), str(n)) for n in names))
 
 
 def fold_file_name(n_folds: int = 5, layout: str = "isles24") -> str:
@@ -181,10 +197,12 @@ def training_case_ids(root: Path) -> list[str]:
 
 
 def discover(root: str | Path, modalities: list[str], with_label: bool = True, ids: list[str] | None = None) -> list[Case]:
-    """Build a Case per case id with the expected paths; files are not opened here (see checks)."""
+    """Build a Case per case id with the expected paths; files are not opened here (see checks).
+    ``modalities`` may name derived inputs (``ctp_mip``): the case then holds their source (``ctp``)."""
     from strokelab.data.clinical import read_clinical
 
     root = Path(root)
+    modalities = source_modalities(modalities)
     ids = case_ids(root) if ids is None else ids
     layout = layout_of(root)
     if layout == "isles18":
