@@ -311,3 +311,22 @@ def test_report_wang_synthesis_layout_pools_several_run_folders(tmp_path, capsys
     assert "SSIM (global)" in out and "PSNR (dB, local)" in out and "Dice (%)" in out
     assert "0.6000±0.1414" in out  # dwi_o pooled over both folders
     assert "n/a" in out.split("real_dwi")[1].splitlines()[0]
+
+
+def test_chain_in_3d():
+    """The same chain on 3D patches (every network has a 3D form)."""
+    unet3 = functools.partial(PlainUNet, out_channels=1, channels=WIDTHS, spatial_dims=3)
+    model = chain(
+        generator=unet3,
+        extractor=unet3,
+        segmenter=functools.partial(SLNet, out_channels=1, channels=WIDTHS, spatial_dims=3),
+        context_encoder=ContextEncoder(spatial_dims=3),
+        spatial_dims=3,
+    )
+    b = {k: v[..., None].expand(*v.shape, 8).contiguous() for k, v in batch().items()}
+    model.train()
+    out = model({m: b[m] for m in model.inputs})
+    assert out["pseudo_dwi"].shape == (2, 1, 16, 16, 8) and out["pseudo_dwi_context"].shape == (2, 16)
+    terms = model.losses(out, b)
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and all(t > 0 for k, t in terms.items() if k != "loss")

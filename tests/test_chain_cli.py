@@ -24,7 +24,7 @@ TINY_CHAIN = [
     "trainer.max_epochs=2",
     "trainer.limit_train_batches=2",
     "trainer.check_val_every_n_epoch=1",
-    "logger=csv",
+    "logger=default",  # csv + wandb offline, as make train runs
     "val_images=2",
 ]
 
@@ -53,6 +53,8 @@ def test_chain_trains_logs_every_term_and_scores_synthesis(chain_run):
     assert {"val/dice", "val/ssim", "val/psnr", "val/ssim_local", "val/psnr_local"} <= set(log.columns)
     pngs = sorted((run_dir / "val_images").rglob("*.png"))
     assert len(pngs) == 4 and {p.parent.name for p in pngs} == {"epoch_000", "epoch_001"}  # 2 cases x 2 validations
+    logged = list((run_dir / "wandb").glob("offline-run-*/files/media/images/val/images/*.png"))
+    assert len(logged) == 4  # the same rows in the wandb run
     table = pd.read_csv(run_dir / "test" / "pseudo_dwi" / "metrics.csv")
     assert {"dice", "rve", "ssim", "psnr", "ssim_local", "psnr_local"} <= set(table.columns)
     assert table["ssim"].between(-1, 1).all() and np.isfinite(table["psnr"]).all()
