@@ -118,7 +118,10 @@ def main() -> None:
         rows += [("cuda", True, 64, BUDGET), ("cuda", True, 256, BUDGET), ("cuda", True, 256, PAPER)]
     ctx = multiprocessing.get_context("spawn")
     print(f"torch {torch.__version__}, {args.threads} CPU threads, {args.repeats} interleaved steps per model, batch 5\n")
-    header = "| device | slice | widths | SLNet s/step | chain s/step | time ratio | SLNet peak MiB | chain peak MiB | memory ratio | params SLNet / chain (M) |"
+    header = (
+        "| device | slice | widths | SLNet s/step | chain s/step | time ratio | SLNet peak MiB | chain peak MiB "
+        "| memory ratio | params SLNet / chain (M) |"
+    )
     print(header)
     print("|" + "|".join("---" for _ in range(header.count("|") - 1)) + "|")
     for device, bf16, spatial, widths in rows:
