@@ -1,6 +1,8 @@
 """Integrity checks of a data set, before anything trains or predicts on it.
 
-Every case is checked for: files present and readable; 3D where 3D is expected (the CTP is 4D);
+Every case is checked for: files present and readable, with a sane header (:func:`strokelab.io.read_image`:
+real-valued voxels, positive spacing, a finite non-singular affine, defined scaling, a size the file can
+hold); 3D where 3D is expected (the CTP is 4D);
 the same shape and affine (within a tolerance, in mm) across the modalities and the label of a case;
 no NaN/Inf voxels (or, with ``nan_policy="replace"``, replaced by 0 with a warning); label values 0/1
 (read as ``> 0.5``; values like 0.99999999977 are fine, a 2 or a 0.5 is not).
@@ -23,7 +25,7 @@ import numpy as np
 
 from strokelab.data.layouts import TIME_SERIES, Case, discover, resolve_input
 from strokelab.errors import DataError, DataSetError, StrokelabError
-from strokelab.io import load_nifti
+from strokelab.io import load_nifti, path_problem, read_image
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +227,8 @@ def _inspect(
 
 
 def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3, reader: str | None = None) -> None:
-    """Fast pre-flight over all cases (headers only: presence, 3D/4D, shapes, affines); raises all problems.
+    """Fast pre-flight over all cases (headers only: presence, 3D/4D, shapes, affines, and every header check of
+    :func:`strokelab.io.read_image`: voxel type, spacing, scaling, declared size); raises all problems.
 
     Voxel-level checks (truncation, NaN/Inf, missing frames, label values) follow when each case is read.
     ``reader`` names what reads the images (e.g. a checkpoint's model) for the message about a missing one.
@@ -234,7 +237,7 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3, reader: str | 
     for case in cases:
         headers: dict[str, tuple[Path, nib.Nifti1Image]] = {}
         for modality, path in case.images.items():
-            if not Path(path).exists():
+            if path_problem(path) is None and not Path(path).exists():  # unreachable: read_image says why
                 if reader:
                     problem = f"case {case.id} lacks the input '{modality}' that {reader} reads"
                     errors.append(DataError(path, problem, "add the file, or use a model trained on what the case has"))
@@ -242,16 +245,9 @@ def check_headers(cases: list[Case], affine_tol_mm: float = 1e-3, reader: str | 
                     errors.append(DataError(path, "file is missing", "restore it or drop its modality"))
                 continue
             try:
-                img = nib.load(str(path))
-            except Exception as exc:  # noqa: BLE001 - any header failure is a bad file
-                errors.append(
-                    DataError(path, f"unreadable or truncated image header ({type(exc).__name__})", "re-export or re-download it")
-                )
-                continue
-            want = 4 if modality in TIME_SERIES else 3
-            ndim = len(img.shape) if not (len(img.shape) == 4 and img.shape[3] == 1) else 3
-            if ndim != want:
-                errors.append(DataError(path, f"is {ndim}D with shape {img.shape}, expected {want}D", "give the right file"))
+                img, _ = read_image(path, 4 if modality in TIME_SERIES else 3)
+            except DataError as err:
+                errors.append(err)
                 continue
             headers[modality] = (Path(path), img)
         ref_mod = reference_modality(headers)
@@ -280,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         root, ids = resolve_input(args.root)
         cases = discover(root, args.modalities, with_label=not args.no_label, ids=ids)
     except StrokelabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        for line in str(err).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 2
     n_bad = 0
     for case in cases:

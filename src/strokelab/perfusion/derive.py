@@ -38,7 +38,7 @@ import nibabel as nib
 import numpy as np
 
 from strokelab.errors import DataError
-from strokelab.io import atomic_path
+from strokelab.io import atomic_path, read_image
 from strokelab.perfusion.maps import PerfusionResult, PerfusionSettings, compute_maps, load_ctp, map_image
 
 ISLES_MAPS = ("cbf", "cbv", "mtt", "tmax")
@@ -149,13 +149,10 @@ def _grid_reference(
         if not path.exists():
             continue
         try:
-            img = nib.load(str(path))
-            img_shape = tuple(img.shape)
+            img, img_shape = read_image(path)  # trailing length-1 dimensions beyond 3 dropped
             img_zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-        except (OSError, EOFError, ValueError, nib.filebasedimages.ImageFileError):
-            continue  # an unreadable image is the caller's checks' business, not a header source
-        if len(img_shape) == 4 and img_shape[3] == 1:
-            img_shape = img_shape[:3]
+        except DataError:
+            continue  # an unreadable or hostile image is the caller's checks' business, not a header source
         if img_shape == tuple(shape) and np.allclose(img_zooms, zooms, rtol=0.0, atol=SPACING_TOL_MM):
             return img, path
     return None, None

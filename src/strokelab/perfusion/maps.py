@@ -832,15 +832,18 @@ def load_ctp(path: str | Path, dt: float | None = None) -> tuple[np.ndarray, nib
 
     Returns (series, image, dt in s). ``dt`` given here overrides the header's ``zooms[3]`` (converted
     from ms/us by the header's time unit; an unknown unit is taken as s). Raises ``DataError`` naming the
-    file for: missing, unreadable or truncated, not 4D, fewer than 8 frames, no frame interval.
+    file for: missing, unreadable or truncated, not 4D, fewer than 8 frames, no frame interval, and every
+    hostile header :func:`strokelab.io.read_image` refuses (before a voxel is read).
     """
     import zlib
 
+    from strokelab.io import path_problem, read_image
+
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and path_problem(path) is None:
         raise DataError(path, "file is missing", "check the path")
+    img, shape = read_image(path, 4)  # the header checks of every reader: 4D, real voxels, size, spacing, affine, scaling
     try:
-        img = nib.load(str(path))
         proxy = img.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         unscaled = (slope in (None, 1.0) or np.isnan(slope)) and (inter in (None, 0.0) or np.isnan(inter))
@@ -848,6 +851,7 @@ def load_ctp(path: str | Path, dt: float | None = None) -> tuple[np.ndarray, nib
             series = np.asarray(proxy.get_unscaled())
         else:
             series = np.asarray(proxy, dtype=np.float32)
+        series = series.reshape(shape)  # (x, y, z, t, 1) -> (x, y, z, t)
     except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as exc:
         raise DataError(path, f"unreadable or truncated image ({type(exc).__name__})", "re-export or re-download it") from None
     if series.ndim != 4:

@@ -17,7 +17,9 @@ A case may be given as the data root (every case), as one case folder (``ROOT/de
 missing one); for ISLES'18 the path is found by globbing the modality folder, and two folders or two files
 for one modality raise :class:`DataError`. ``discover`` also refuses, for ISLES'18, a case folder without
 modality folders and a missing modality folder (or, in TRAINING, a missing OT folder): all such problems
-of the data set at once. TESTING cases have no lesion mask: their label path does not exist.
+of the data set at once. TESTING cases have no lesion mask: their label path does not exist. On both layouts,
+an entry named like a case folder that is not a usable folder (a symlink loop, a dangling symlink, a file,
+a folder without read permission) is refused in one line naming it, never skipped.
 
 Some inputs are not files but derived from one (``DERIVED_INPUTS``: Wang et al.'s temporal MIP and perfusion
 window of the CTP); :func:`source_modalities` turns a list of input names into the files to read, and
@@ -34,6 +36,7 @@ from strokelab.data.layouts import isles18, isles24
 from strokelab.data.layouts.isles18 import ISLES18_MODALITIES
 from strokelab.data.layouts.isles24 import CASE_PATTERN, ISLES24_FILES, LABEL_SUFFIXES
 from strokelab.errors import DataError, DataSetError
+from strokelab.io import folder_problem, path_problem
 
 LAYOUTS = ("isles24", "isles18")
 # Modalities stored as 4D series (time last); everything else must be 3D. ISLES'18's CT_4DPWI is "ctp".
@@ -152,6 +155,9 @@ def label_path(root: Path, case_id: str) -> Path:
 def resolve_input(path: str | Path) -> tuple[Path, list[str] | None]:
     """Turn a data root or a single case folder into (data root, case ids or None for all)."""
     path = Path(path).expanduser()
+    unreachable = path_problem(path, "input")
+    if unreachable is not None:
+        raise unreachable
     if not path.exists():
         raise DataError(
             path,
@@ -198,7 +204,9 @@ def training_case_ids(root: Path) -> list[str]:
 
 def discover(root: str | Path, modalities: list[str], with_label: bool = True, ids: list[str] | None = None) -> list[Case]:
     """Build a Case per case id with the expected paths; files are not opened here (see checks).
-    ``modalities`` may name derived inputs (``ctp_mip``): the case then holds their source (``ctp``)."""
+    ``modalities`` may name derived inputs (``ctp_mip``): the case then holds their source (``ctp``).
+    A case folder that is a symlink loop, a dangling symlink, a file or cannot be read is refused (all such
+    problems at once), on both layouts; files inside are checked when read (:mod:`strokelab.io`)."""
     from strokelab.data.clinical import read_clinical
 
     root = Path(root)
@@ -209,8 +217,11 @@ def discover(root: str | Path, modalities: list[str], with_label: bool = True, i
         for m in modalities:
             isles18.tag_of(m)  # an unknown modality is one error, not one per case
         problems = [err for cid in ids for err in isles18.structure_problems(root, cid, list(modalities), with_label)]
-        if problems:
-            raise problems[0] if len(problems) == 1 else DataSetError(problems)
+    else:  # a case folder that cannot be read would otherwise look like a case whose files are all missing
+        folders = [isles24.case_folder(root, cid) for cid in ids]
+        problems = [err for folder in folders if (err := folder_problem(folder, "case folder")) is not None]
+    if problems:
+        raise problems[0] if len(problems) == 1 else DataSetError(problems)
     return [
         Case(
             id=cid,

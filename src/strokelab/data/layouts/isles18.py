@@ -18,7 +18,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from strokelab.errors import DataError
+from strokelab.errors import DataError, DataSetError
+from strokelab.io import folder_problem
 
 SPLITS = ("TRAINING", "TESTING")
 # Platform modality name -> ISLES'18 modality tag; the label is OT.
@@ -44,9 +45,18 @@ def is_root(root: Path) -> bool:
 
 
 def _case_folders_of(folder: Path) -> list[Path]:
+    """The case_N folders of a split folder in numeric order ([] if it does not exist). An entry named like
+    a case that is no usable folder (a symlink loop, a dangling symlink, a file, a folder that cannot be
+    read) is refused, all at once, not skipped: a data set must not silently shrink."""
+    err = folder_problem(folder, "split folder")
+    if err is not None:
+        raise err
     if not folder.is_dir():
         return []
-    found = [p for p in folder.iterdir() if p.is_dir() and CASE_PATTERN.match(p.name)]
+    found = [p for p in folder.iterdir() if CASE_PATTERN.match(p.name)]
+    problems = [err for p in found if (err := folder_problem(p, "case folder")) is not None]
+    if problems:
+        raise problems[0] if len(problems) == 1 else DataSetError(problems)
     return sorted(found, key=lambda p: int(CASE_PATTERN.match(p.name)["n"]))
 
 
@@ -92,10 +102,10 @@ def tag_of(modality: str) -> str:
 def modality_folders(case_dir: Path) -> dict[str, list[Path]]:
     """Modality tag -> the SMIR.Brain.XX.O.<tag>.<id> folders of a case."""
     found: dict[str, list[Path]] = {}
-    if case_dir.is_dir():
+    if folder_problem(case_dir) is None and case_dir.is_dir():  # else structure_problems reports it
         for p in sorted(case_dir.iterdir()):
             match = FOLDER_PATTERN.match(p.name)
-            if match and p.is_dir():
+            if match and (p.is_dir() or p.is_symlink()):  # a broken link is found, and reported by find_file
                 found.setdefault(match["tag"], []).append(p)
     return found
 
@@ -110,7 +120,13 @@ def find_file(case_dir: Path, tag: str, what: str) -> Path:
         names = ", ".join(p.name for p in folders)
         raise DataError(case_dir, f"holds {len(folders)} {PREFIX}{tag}.<id> folders for {what} ({names})", "keep one")
     folder = folders[0]
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name.endswith(".nii") or p.name.endswith(".nii.gz")))
+    err = folder_problem(folder, f"the folder of {what}")
+    if err is not None:
+        raise err
+    # A broken link named like an image is kept: the reader reports it (a loop, a dangling link).
+    files = sorted(
+        p for p in folder.iterdir() if (p.is_file() or p.is_symlink()) and (p.name.endswith(".nii") or p.name.endswith(".nii.gz"))
+    )
     if len(files) > 1:
         names = ", ".join(p.name for p in files)
         raise DataError(folder, f"holds {len(files)} image files for {what} ({names})", "keep one .nii file per modality folder")
@@ -126,10 +142,14 @@ def label_path(root: Path, case_id: str) -> Path:
 
 
 def structure_problems(root: Path, case_id: str, modalities: list[str], with_label: bool) -> list[DataError]:
-    """What makes a case folder unusable before any file is opened: it is missing, holds no modality
+    """What makes a case folder unusable before any file is opened: it is missing or unreachable (a symlink
+    loop, a dangling symlink, no permission), holds no modality
     folders, lacks the folder of a wanted modality (or, in TRAINING, of the lesion mask OT), or holds
     two folders or two files for one modality."""
     case_dir = case_folder(root, case_id)
+    err = folder_problem(case_dir, "case folder")
+    if err is not None:
+        return [err]
     if not case_dir.is_dir():
         return [DataError(case_dir, "case folder does not exist", "check the case id and the data root")]
     folders = modality_folders(case_dir)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from strokelab.errors import DataError
+from strokelab.errors import DataError, DataSetError
+from strokelab.io import folder_problem
 
 # Modality name -> (session, sub-folder, file suffix) inside derivatives/<case>/ (ncct is in raw_data/).
 ISLES24_FILES: dict[str, tuple[str, str, str]] = {
@@ -49,18 +50,40 @@ def modality_path(root: Path, case_id: str, modality: str) -> Path:
     return folder / f"{case_id}_{session}_{suffix}.nii.gz"
 
 
+def _present(path: Path) -> bool:
+    """Whether ``path`` is there, even as a broken link or behind a folder without permission (the
+    reader then says what is wrong with it, instead of the other naming being reported missing)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:
+        return True
+
+
 def label_path(root: Path, case_id: str) -> Path:
     folder = root / "derivatives" / case_id / "ses-02"
     candidates = [folder / f"{case_id}_ses-02_{suffix}.nii.gz" for suffix in LABEL_SUFFIXES]
-    return next((p for p in candidates if p.exists()), candidates[0])
+    return next((p for p in candidates if _present(p)), candidates[0])
+
+
+def case_folder(root: Path, case_id: str) -> Path:
+    return root / "derivatives" / case_id
 
 
 def case_ids(root: Path) -> list[str]:
+    """The sorted case ids under ROOT/derivatives. An entry named like a case that is no usable folder (a
+    symlink loop, a dangling symlink, a file, a folder that cannot be read) is refused, all at once, not
+    skipped: a data set must not silently shrink."""
     derivatives = root / "derivatives"
-    ids = sorted(p.name for p in derivatives.iterdir() if p.is_dir() and CASE_PATTERN.match(p.name))
-    if not ids:
+    err = folder_problem(derivatives, "data folder")
+    if err is not None:
+        raise err
+    entries = sorted(p for p in derivatives.iterdir() if CASE_PATTERN.match(p.name))
+    problems = [err for p in entries if (err := folder_problem(p, "case folder")) is not None]
+    if problems:
+        raise problems[0] if len(problems) == 1 else DataSetError(problems)
+    if not entries:
         raise DataError(derivatives, "holds no sub-strokeXXXX case folders", "check the data root")
-    return ids
+    return [p.name for p in entries]
 
 
 def case_folder_input(path: Path) -> tuple[Path, list[str]] | None:
