@@ -17,6 +17,10 @@ class StrokelabError(Exception):
         self.fix = fix
         super().__init__(self.line())
 
+    def __reduce__(self):
+        # Picklable with its three fields (a worker process sends it back to the parent intact).
+        return (type(self), (self.where, self.problem, self.fix))
+
     def line(self) -> str:
         head = f"{self.where}: " if self.where else ""
         tail = f" ({self.fix})" if self.fix else ""
@@ -44,3 +48,6 @@ class DataSetError(DataError):
         if len(errors) > limit:
             lines.append(f"... and {len(errors) - limit} more (python -m strokelab.data.check ROOT lists all)")
         super().__init__(None, "\n".join(lines))
+
+    def __reduce__(self):
+        return (type(self), (self.errors,))

@@ -173,17 +173,34 @@ class ModelPredictor:
         return Prediction(native, dict(model.outputs), loaded.reference)
 
 
+def load_checkpoint(path: str | Path) -> Any:
+    """What a checkpoint file holds, loaded weights-only (tensors and plain types: no object in it is built and
+    no code in it runs), on the CPU. train.py writes nothing else (``checkpoint_meta`` is plain data), so a file
+    that needs more is not ours: it is refused, as are unreadable files, with one-line CheckpointErrors."""
+    from strokelab.data.cache import unsafe_reason
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file for the user
+        reason = unsafe_reason(exc)
+        if reason is not None:
+            raise CheckpointError(
+                path,
+                f"would run code when loaded (weights-only loading refused it: {reason})",
+                "only open checkpoints you trust; retrain with train.py to get one that loads safely",
+            ) from None
+        raise CheckpointError(path, f"unreadable checkpoint ({type(exc).__name__})", "give a .ckpt written by train.py") from None
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(strokelab metadata, state dict) of a checkpoint written by train.py; one-line errors otherwise."""
+    """(strokelab metadata, state dict) of a checkpoint written by train.py, loaded weights-only (see
+    :func:`load_checkpoint`); one-line errors otherwise."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "checkpoint does not exist", "give ckpt=PATH to a .ckpt written by train.py")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file for the user
-        raise CheckpointError(path, f"unreadable checkpoint ({type(exc).__name__})", "give a .ckpt written by train.py") from None
+    ckpt = load_checkpoint(path)
     meta = ckpt.get("strokelab") if isinstance(ckpt, dict) else None
-    if not meta or "state_dict" not in ckpt:
+    if not isinstance(meta, dict) or not meta or "state_dict" not in ckpt:
         raise CheckpointError(path, "is not a strokelab checkpoint", "give a .ckpt written by train.py")
     if meta.get("format", 1) != CHECKPOINT_FORMAT or "model" not in meta:
         raise CheckpointError(

@@ -24,7 +24,11 @@ on the native grid by :func:`scale_to_unit` (section 4.1: by its minimum and 99t
 
 The cache file of a case holds the preprocessed tensors, the affine of the preprocessed grid and the
 case's native grid, so a prediction can be mapped back exactly. A cache entry is keyed by a hash of the
-preprocessing config and the modality list, and is redone when a source file's size or mtime changes.
+preprocessing config and what is served (its folder), and is redone when the content of a source file
+changes (sha256 of its bytes). Entries hold plain types only and are read weights-only (opening a cache
+can run no code), carry a checksum (a damaged entry is rebuilt with a warning), and are filled under a
+per-entry file lock (a case is computed once however many processes fill the cache); see
+:mod:`strokelab.data.cache`.
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ import numpy as np
 import torch
 import torchio as tio
 
+from strokelab.data.cache import (
+    CacheWriteError,
+    CorruptEntry,
+    entry_lock,
+    file_digest,
+    plain,
+    read_entry,
+    write_entry,
+    write_error,
+)
 from strokelab.data.check import LoadedCase, load_case
 from strokelab.data.layouts import DERIVED_INPUTS, TIME_SERIES, Case, source_modalities
 from strokelab.errors import ConfigError, DataError, DataSetError, StrokelabError
@@ -58,7 +72,9 @@ from strokelab.perfusion.temporal import (
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 4  # 4: derived CTP inputs (ctp_mip, ctp_window), unit-scaled dwi target; 3: named images
+# 5: plain types read weights-only, a checksum per entry, sources keyed by content (sha256); 4: derived CTP
+# inputs (ctp_mip, ctp_window), unit-scaled dwi target; 3: named images
+CACHE_VERSION = 5
 # Head/brain foreground per modality: CT images by an HU threshold (air is about -1000 HU); perfusion
 # maps and MR images are 0 outside the brain in ISLES'24, so anything non-zero is foreground. The CTP's
 # temporal MIP and perfusion-window series are in HU too.
@@ -499,43 +515,86 @@ def stack_inputs(entry: dict[str, Any]) -> torch.Tensor:
     return torch.cat([entry["images"][m] for m in entry["inputs"]], dim=0).float()
 
 
-def _sources(case: Case) -> dict[str, list[int]]:
+def _sources(case: Case) -> dict[str, str] | None:
+    """The content digest of every file the case's entry is made from (images and label), by path; None when
+    one cannot be read (preprocessing then says which, in one line)."""
     paths = list(case.images.values()) + ([case.label] if case.label is not None else [])
-    out = {}
-    for p in paths:
-        st = Path(p).stat()
-        out[str(p)] = [st.st_size, st.st_mtime_ns]
-    return out
+    try:
+        return {str(p): file_digest(p) for p in paths}
+    except OSError:
+        return None
 
 
 def cache_path(cache_dir: Path, prep: Preprocessing, case: Case, serve: Serve) -> Path:
     return Path(cache_dir) / prep.key(serve) / f"{case.id}.pt"
 
 
+# Arrays of an entry stored as float64 tensors (weights-only files hold no numpy) and served as numpy again.
+_ARRAYS = ("affine", "native_affine")
+
+
+def _stored(entry: dict[str, Any]) -> dict[str, Any]:
+    """An entry in plain types, as written to the cache."""
+    return plain(entry)
+
+
+def _served(stored: dict[str, Any]) -> dict[str, Any]:
+    """An entry as callers use it: the affines as numpy arrays (see ``preprocess_loaded``)."""
+    entry = dict(stored)
+    for key in _ARRAYS:
+        entry[key] = entry[key].numpy()
+    return entry
+
+
+def _read_cached(path: Path, sources: dict[str, str], warn: bool) -> dict[str, Any] | None:
+    """The cached entry at ``path`` when it is intact and made from ``sources``, else None (a damaged one is
+    reported in one warning line when ``warn``)."""
+    try:
+        stored = read_entry(path)
+    except FileNotFoundError:
+        return None
+    except (CorruptEntry, OSError) as exc:
+        if warn:
+            log.warning("%s: bad preprocessing cache entry (%s), rebuilding it", path, exc)
+        return None
+    if not isinstance(stored, dict) or stored.get("sources") != sources or not all(k in stored for k in _ARRAYS):
+        return None  # made from other files or by another layout: stale, not damaged
+    return _served(stored)
+
+
 def load_or_preprocess(
     case: Case, prep: Preprocessing, cache_dir: str | Path | None, serve: Serve | None = None
 ) -> dict[str, Any]:
-    """Cached preprocessed case; computes (after the checks) and stores it when missing or stale."""
+    """Cached preprocessed case; computes (after the checks) and stores it when missing, stale (a source's
+    content changed) or damaged. The entry is made under a per-entry lock: of several processes asking at once,
+    one computes and the others read its entry. Raises DataError (one line) when the cache cannot be written."""
     if serve is None:
         serve = Serve.make(list(case.images), ("label",) if case.label is not None else ())
-    path = None if cache_dir is None else cache_path(Path(cache_dir), prep, case, serve)
-    if path is not None and path.exists():
-        try:
-            entry = torch.load(path, weights_only=False)
-            if entry.get("sources") == _sources(case):
-                return entry
-        except (OSError, RuntimeError, EOFError, KeyError, AttributeError):
-            log.warning("%s: unreadable cache entry, recomputing", path)
-    entry = preprocess_loaded(load_case(case, prep.nan_policy, prep.affine_tol_mm, prep.max_missing_frames), prep, serve)
-    if path is not None:
-        entry["sources"] = _sources(case)
-        with atomic_path(path) as tmp:
-            torch.save(entry, tmp)
+
+    def compute() -> dict[str, Any]:
+        return preprocess_loaded(load_case(case, prep.nan_policy, prep.affine_tol_mm, prep.max_missing_frames), prep, serve)
+
+    sources = None if cache_dir is None else _sources(case)
+    if sources is None:  # no cache, or a source is unreadable: the checks say which
+        return compute()
+    path = cache_path(Path(cache_dir), prep, case, serve)
+    entry = _read_cached(path, sources, warn=False)  # entries are replaced atomically: reading needs no lock
+    if entry is not None:
+        return entry
+    with entry_lock(path):
+        entry = _read_cached(path, sources, warn=True)  # another process may have made it while we waited
+        if entry is not None:
+            return entry
+        stored = _stored({**compute(), "sources": sources})
+        write_entry(path, stored)
         info = path.parent / "preprocessing.json"
         if not info.exists():
-            with atomic_path(info) as tmp:
-                tmp.write_text(json.dumps({"serve": asdict(serve), **asdict(prep)}, indent=1, default=str))
-    return entry
+            try:
+                with atomic_path(info) as tmp:
+                    tmp.write_text(json.dumps({"serve": asdict(serve), **asdict(prep)}, indent=1, default=str))
+            except OSError as exc:
+                raise write_error(info, exc) from None
+    return _served(stored)
 
 
 def _job(args) -> tuple[dict[str, Any] | None, StrokelabError | None]:
@@ -546,13 +605,30 @@ def _job(args) -> tuple[dict[str, Any] | None, StrokelabError | None]:
         return None, err
 
 
-def _cache_job(args) -> StrokelabError | None:
-    """Worker side of :func:`cache_cases`: the entry stays in the cache, only a problem comes back."""
-    return _job(args)[1]
+def _portable(err: StrokelabError) -> tuple:
+    """An error as a tuple that survives the trip back from a worker process (a StrokelabError itself does
+    not: it pickles its one-line message but its constructor takes where, problem and fix)."""
+    if isinstance(err, DataSetError):
+        return (DataSetError, [_portable(e) for e in err.errors])
+    return (type(err), err.where, err.problem, err.fix)
+
+
+def _restored(portable: tuple) -> StrokelabError:
+    if portable[0] is DataSetError:
+        return DataSetError([_restored(e) for e in portable[1]])
+    cls, where, problem, fix = portable
+    return cls(where, problem, fix)
+
+
+def _cache_job(args) -> tuple | None:
+    """Worker side of :func:`cache_cases`: the entry stays in the cache, only a problem comes back (see
+    :func:`_portable`)."""
+    err = _job(args)[1]
+    return None if err is None else _portable(err)
 
 
 def _raise_collected(errors: list[StrokelabError]) -> None:
-    config_errors = [e for e in errors if isinstance(e, ConfigError)]
+    config_errors = [e for e in errors if isinstance(e, (ConfigError, CacheWriteError))]
     if config_errors:  # the same for every case: say it once
         raise config_errors[0]
     if errors:
@@ -564,7 +640,8 @@ def cache_cases(cases: list[Case], prep: Preprocessing, cache_dir, workers: int 
     collected and raised together. With ``workers`` > 1 the cases are spread over fresh processes
     ("spawn", as the phantom does): a forked copy of a process that runs threads (a logger's, a data
     loader's) can inherit a lock held by one of them and wait on it forever, as the second run of a
-    multirun did. Nothing but the problems comes back from the workers."""
+    multirun did. Nothing but the problems comes back from the workers. Processes that fill the same cache at
+    once (a multirun, DDP ranks) compute each entry once (see :func:`load_or_preprocess`)."""
     if cache_dir is None:
         return
     if serve is None and cases:
@@ -573,10 +650,14 @@ def cache_cases(cases: list[Case], prep: Preprocessing, cache_dir, workers: int 
     if workers > 1 and len(jobs) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-            errors = [e for e in pool.map(_cache_job, jobs) if e is not None]
+            problems = list(pool.map(_cache_job, jobs))
     else:
-        errors = [e for e in map(_cache_job, jobs) if e is not None]
-    _raise_collected(errors)
+        problems = []
+        for job in jobs:
+            problems.append(_cache_job(job))
+            if problems[-1] is not None and issubclass(problems[-1][0], CacheWriteError):
+                break  # a full disk stays full: no point computing the other cases
+    _raise_collected([_restored(p) for p in problems if p is not None])
 
 
 def prepare_cases(
