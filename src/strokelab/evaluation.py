@@ -14,7 +14,10 @@ threshold baseline are always scored by identical code in the cases' native geom
   training), scored by :func:`strokelab.metrics.synthesis_metrics`: SSIM/PSNR in the brain (the perfusion
   maps' non-zero voxels, else the reference's) and around the lesion; the same preview PNG is drawn.
 
-``metrics.csv`` (one row per scored case) and a summary follow when any case was scored.
+``metrics.csv`` (one row per scored case) and a summary follow when any case was scored. A case's outputs are
+written only once it has been predicted and scored (:func:`evaluate_case`): a case whose files fail leaves no
+new output. :func:`evaluate_cases` stops at the first such case (the test stage of ``train.py``);
+``predict.py`` evaluates case by case and goes on past a failed one (:mod:`strokelab.predict`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import nibabel as nib
 import numpy as np
@@ -89,6 +92,111 @@ def score_image(
     return synthesis_metrics(values, reference, brain, lesion, spacing_mm(prediction.reference), span)
 
 
+class CaseScore(NamedTuple):
+    """One scored case: its row of ``metrics.csv`` and the columns it fills, in table order."""
+
+    row: dict  # case, fold, centre, the metric values, seconds[, params_m]
+    columns: list[str]  # case, fold, centre and the metric columns (seconds and params_m are appended by the table)
+
+
+def evaluate_case(
+    predictor: Predictor,
+    case: Case,
+    out_dir: str | Path,
+    threshold: float | None = None,
+    write_masks: bool = True,
+    affine_tol_mm: float = 1e-3,
+    previews: bool = True,
+) -> CaseScore | None:
+    """Predict one case, score what can be scored, then write every output (see the module docstring).
+
+    Everything that can fail on the case's files (prediction, the lesion mask, the reference map or image) is
+    read before the first output is written, so a case that fails leaves no new output behind. ``previews``
+    draws the reference | prediction | difference PNG of a map or image output. Returns None when nothing
+    of the case could be scored.
+    """
+    from strokelab.perfusion.maps import map_image
+
+    out_dir = Path(out_dir)
+    threshold = float(predictor.threshold if threshold is None else threshold)
+    t0 = time.perf_counter()
+    prediction = predictor.predict_case(case)
+    row: dict = {"case": case.id, "fold": case.fold, "centre": case.centre}
+    columns = ["case", "fold", "centre"]
+    writes: list[tuple[Path, np.ndarray, bool]] = []  # (path, values, is a mask)
+    plots: list[tuple] = []  # plot_map_comparison arguments, drawn after the writes
+    for name, spec in prediction.specs.items():
+        values = prediction.outputs[name]
+        path = output_path(out_dir, case.id, name, spec)
+        if spec.kind == "mask":
+            mask = values >= threshold
+            if write_masks:
+                writes.append((path, mask, True))
+            if case.label is None or not Path(case.label).exists():
+                continue
+            reference_name = Path(next(iter(case.images.values()))).name
+            label = load_label(case.label, prediction.reference, affine_tol_mm, reference_name)
+            label_img = nib.load(case.label)
+            row["lesion_ml"] = float(label.sum()) * voxel_volume_ml(label_img)
+            row["pred_ml"] = float(mask.sum()) * voxel_volume_ml(label_img)
+            row.update(case_metrics(mask, label, spacing_mm(label_img)))
+            columns += [c for c in ("lesion_ml", "pred_ml", *METRIC_COLUMNS) if c not in columns]
+            continue
+        writes.append((path, values, False))
+        if spec.reference is None or not case_image_path(case, spec.reference).exists():
+            continue
+        truth_path = case_image_path(case, spec.reference)
+        truth, _ = load_nifti(truth_path)
+        truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
+        if spec.kind == "image":
+            row.update(score_image(values, truth, case, prediction, spec, affine_tol_mm))
+            columns += [c for c in SYNTHESIS_COLUMNS if c not in columns]
+            title = f"{case.id}: {predictor.name()} vs the case's {spec.reference} (SSIM {row['ssim']:.3f})"
+            plots.append((values, scale_to_unit(truth), out_dir / f"{case.id}_{name}.png", title, spec.value_range, {"unit": ""}))
+            continue
+        value_range = spec.value_range
+        if value_range is not None:
+            truth = np.where(truth != 0, np.clip(truth, *value_range), 0.0)
+        span = (value_range[1] - value_range[0]) if value_range is not None else float(truth.max() - truth.min())
+        row.update(regression_metrics(values, truth, truth != 0, span))
+        columns += [c for c in REGRESSION_COLUMNS if c not in columns]
+        title = f"{case.id}: {predictor.name()} vs the case's {name} (MAE {row['mae']:.2f})"
+        plots.append((values, truth, out_dir / f"{case.id}_{name}.png", title, value_range, {}))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path, values, is_mask in writes:
+        if is_mask:
+            write_mask(values, prediction.reference, path)
+        else:
+            save_nifti(map_image(values, prediction.reference), path)
+    if previews:
+        for values, truth, png, title, value_range, kwargs in plots:
+            plot_map_comparison(values, truth, png, title, value_range, **kwargs)
+    row["seconds"] = time.perf_counter() - t0
+    if getattr(predictor, "model", None) is not None:
+        row["params_m"] = predictor.model.parameter_count() / 1e6  # Wang et al.'s Table 3 lists it
+    summary = ", ".join(f"{k} {row[k]:.3f}" for k in ("dice", "mae") if k in row)
+    log.info("%s: %s in %.1f s", case.id, summary or "predicted", row["seconds"])
+    return CaseScore(row, columns) if len(columns) > 3 else None
+
+
+def metrics_table(scores: list[CaseScore]) -> pd.DataFrame:
+    """The per-case metrics table of scored cases: the union of their columns, then ``seconds`` (and
+    ``params_m`` for a trained model)."""
+    columns: list[str] = []
+    for score in scores:
+        columns += [c for c in score.columns if c not in columns]
+    extra = ["seconds", *(["params_m"] if "params_m" in scores[0].row else [])]
+    return pd.DataFrame([s.row for s in scores], columns=[*columns, *extra])
+
+
+def write_metrics(table: pd.DataFrame, out_dir: str | Path, title: str = "") -> None:
+    """``out_dir/metrics.csv`` (atomically) and the summary of :func:`strokelab.report.write_report`."""
+    out_dir = Path(out_dir)
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    write_report(table, out_dir, title=title)
+
+
 def evaluate_cases(
     predictor: Predictor,
     cases: list[Case],
@@ -101,72 +209,17 @@ def evaluate_cases(
 
     Returns the per-case metrics table (None when no case could be scored).
     """
-    from strokelab.perfusion.maps import map_image
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    threshold = float(predictor.threshold if threshold is None else threshold)
-    rows, columns = [], ["case", "fold", "centre"]
+    scores: list[CaseScore] = []
     for case in cases:
-        t0 = time.perf_counter()
-        prediction = predictor.predict_case(case)
-        row: dict = {"case": case.id, "fold": case.fold, "centre": case.centre}
-        scored = False
-        for name, spec in prediction.specs.items():
-            values = prediction.outputs[name]
-            path = output_path(out_dir, case.id, name, spec)
-            if spec.kind == "mask":
-                mask = values >= threshold
-                if write_masks:
-                    write_mask(mask, prediction.reference, path)
-                if case.label is None or not Path(case.label).exists():
-                    continue
-                reference_name = Path(next(iter(case.images.values()))).name
-                label = load_label(case.label, prediction.reference, affine_tol_mm, reference_name)
-                label_img = nib.load(case.label)
-                row["lesion_ml"] = float(label.sum()) * voxel_volume_ml(label_img)
-                row["pred_ml"] = float(mask.sum()) * voxel_volume_ml(label_img)
-                row.update(case_metrics(mask, label, spacing_mm(label_img)))
-                columns += [c for c in ("lesion_ml", "pred_ml", *METRIC_COLUMNS) if c not in columns]
-                scored = True
-                continue
-            save_nifti(map_image(values, prediction.reference), path)
-            if spec.reference is None or not case_image_path(case, spec.reference).exists():
-                continue
-            truth_path = case_image_path(case, spec.reference)
-            truth, _ = load_nifti(truth_path)
-            truth = np.nan_to_num(truth, nan=0.0, posinf=0.0, neginf=0.0)
-            if spec.kind == "image":
-                row.update(score_image(values, truth, case, prediction, spec, affine_tol_mm))
-                columns += [c for c in SYNTHESIS_COLUMNS if c not in columns]
-                scored = True
-                if len(rows) < MAX_PREVIEWS:
-                    title = f"{case.id}: {predictor.name()} vs the case's {spec.reference} (SSIM {row['ssim']:.3f})"
-                    plot_map_comparison(
-                        values, scale_to_unit(truth), out_dir / f"{case.id}_{name}.png", title, spec.value_range, unit=""
-                    )
-                continue
-            value_range = spec.value_range
-            if value_range is not None:
-                truth = np.where(truth != 0, np.clip(truth, *value_range), 0.0)
-            span = (value_range[1] - value_range[0]) if value_range is not None else float(truth.max() - truth.min())
-            row.update(regression_metrics(values, truth, truth != 0, span))
-            columns += [c for c in REGRESSION_COLUMNS if c not in columns]
-            scored = True
-            if len(rows) < MAX_PREVIEWS:
-                title = f"{case.id}: {predictor.name()} vs the case's {name} (MAE {row['mae']:.2f})"
-                plot_map_comparison(values, truth, out_dir / f"{case.id}_{name}.png", title, value_range)
-        row["seconds"] = time.perf_counter() - t0
-        if getattr(predictor, "model", None) is not None:
-            row["params_m"] = predictor.model.parameter_count() / 1e6  # Wang et al.'s Table 3 lists it
-        summary = ", ".join(f"{k} {row[k]:.3f}" for k in ("dice", "mae") if k in row)
-        log.info("%s: %s in %.1f s", case.id, summary or "predicted", row["seconds"])
-        if scored:
-            rows.append(row)
-    if not rows:
+        score = evaluate_case(
+            predictor, case, out_dir, threshold, write_masks, affine_tol_mm, previews=len(scores) < MAX_PREVIEWS
+        )
+        if score is not None:
+            scores.append(score)
+    if not scores:
         return None
-    table = pd.DataFrame(rows, columns=[*columns, "seconds", *(["params_m"] if "params_m" in rows[0] else [])])
-    with atomic_path(out_dir / "metrics.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    write_report(table, out_dir, title=predictor.name())
+    table = metrics_table(scores)
+    write_metrics(table, out_dir, title=predictor.name())
     return table
