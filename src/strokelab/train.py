@@ -10,6 +10,7 @@ comparison table that says where the checkpoint was chosen.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -31,22 +32,26 @@ def is_threshold(model_cfg: Any) -> bool:
 
 
 def checkpoint_meta(cfg: DictConfig, model) -> dict[str, Any]:
-    """Everything predict.py needs besides the weights, stored inside every checkpoint as plain types: the
-    whole resolved model config (it rebuilds any model family) and the data settings it was trained with."""
+    """Everything predict.py needs besides the weights, stored inside every checkpoint: the whole resolved model
+    config (it rebuilds any model family) and the data settings it was trained with. Plain types only (numpy
+    scalars become numbers; anything else is a TypeError here), because checkpoints are read weights-only."""
+    from strokelab.data.cache import plain
     from strokelab.inference import CHECKPOINT_FORMAT
 
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "name": cfg.get("model_name") or cfg.get("task_name", "model"),
-        "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "inputs": list(model.inputs),
-        "targets": list(model.targets),
-        "outputs": {k: v.kind for k, v in model.outputs.items()},
-        "spatial_dims": model.spatial_dims,
-        "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
-        "weight_map": OmegaConf.to_container(cfg.data.weight_map, resolve=True) if cfg.data.get("weight_map") else None,
-        "parameters": model.parameter_count(),
-    }
+    return plain(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "name": cfg.get("model_name") or cfg.get("task_name", "model"),
+            "model": OmegaConf.to_container(cfg.model, resolve=True),
+            "inputs": list(model.inputs),
+            "targets": list(model.targets),
+            "outputs": {k: v.kind for k, v in model.outputs.items()},
+            "spatial_dims": model.spatial_dims,
+            "preprocess": OmegaConf.to_container(cfg.data.preprocess, resolve=True),
+            "weight_map": OmegaConf.to_container(cfg.data.weight_map, resolve=True) if cfg.data.get("weight_map") else None,
+            "parameters": model.parameter_count(),
+        }
+    )
 
 
 def build_data(cfg: DictConfig, model=None):
@@ -56,10 +61,69 @@ def build_data(cfg: DictConfig, model=None):
     return instantiate(cfg.data, inputs=model.inputs, targets=model.served_targets, spatial_dims=model.spatial_dims)
 
 
+def job_overrides() -> list[str]:
+    """This job's command-line overrides (with a multirun's values for this job); none outside a Hydra job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def resume_checkpoint(cfg: DictConfig, output_dir: Path, identity: list[str]) -> str | None:
+    """The checkpoint this job resumes from: ``ckpt_path`` as given; ``ckpt_path=last``, the newest
+    ``checkpoints/last.ckpt`` of the task's runs (``logs/<task_name>/runs/*``); without ``ckpt_path``, the
+    interrupted run of this same job in its own folder (a re-run named run or multirun job), else None."""
+    from strokelab.checkpointing import interrupted_checkpoint, newest_last_checkpoint
+
+    given = cfg.get("ckpt_path")
+    if given == "last":
+        if in_multirun():
+            raise ConfigError(
+                "ckpt_path",
+                "=last picks one run's checkpoint for every job of this multirun",
+                "re-run the multirun with its run_name instead: its jobs resume themselves",
+            )
+        path = newest_last_checkpoint(cfg.paths.log_dir, cfg.task_name)
+        log.info("resuming from %s (ckpt_path=last)", path)
+        return str(path)
+    if given:
+        return str(given)
+    path = interrupted_checkpoint(output_dir, identity)
+    if path is not None:
+        log.info("%s holds an interrupted run of this job: resuming from %s", output_dir, path)
+    return None if path is None else str(path)
+
+
+def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, identity: list[str] | None = None) -> L.Trainer:
+    """The configured Trainer, whatever ``trainer=`` config: it writes every checkpoint atomically
+    (``AtomicCheckpointIO``, unless the config names another CheckpointIO plugin) and stores in each what an
+    exact resume needs (``ResumeState``: random streams, patch queue, the job's overrides)."""
+    from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+
+    from strokelab.checkpointing import AtomicCheckpointIO, ResumeState
+
+    configured = cfg.trainer.get("plugins")
+    plugins = list(instantiate(configured)) if configured else []
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, ResumeState(identity)], plugins=plugins)
+
+
 def train(cfg: DictConfig) -> float | None:
-    """Train (unless model=threshold), then test; returns the best ``monitor.metric`` for sweepers."""
+    """Train (unless model=threshold), then test; returns the best ``monitor.metric`` for sweepers.
+
+    A job whose folder already holds its ``DONE.json`` (a named run or multirun re-run with the same
+    overrides) returns the result stored there without training; one whose folder holds its interrupted run
+    resumes from that run's ``last.ckpt`` (see ``strokelab.checkpointing``)."""
+    from strokelab.checkpointing import finished_job, job_identity, write_done
     from strokelab.evaluation import evaluate_cases
-    from strokelab.inference import ModelPredictor
+    from strokelab.inference import ModelPredictor, load_checkpoint
     from strokelab.metrics import REGRESSION_COLUMNS, SYNTHESIS_COLUMNS
     from strokelab.report import comparison_table
     from strokelab.tasks.task import Task
@@ -67,14 +131,31 @@ def train(cfg: DictConfig) -> float | None:
     # Lightning prints through its own handler and Hydra's root handler: keep Hydra's (console + train.log).
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
+    monitor = cfg.get("monitor") or {"metric": "val/dice"}
+    identity = job_identity(job_overrides())
+    done = finished_job(cfg.paths.output_dir, identity)
+    if done is not None:
+        log.info(
+            "%s: this job finished before (%s %s, best checkpoint %s): skipped (its DONE.json is reused)",
+            cfg.paths.output_dir,
+            done.get("monitor"),
+            done.get("result"),
+            done.get("best_checkpoint"),
+        )
+        return done.get("result")
+    cfg.ckpt_path = resume_checkpoint(cfg, Path(cfg.paths.output_dir), identity)
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
     if cfg.get("ckpt_path") and not Path(cfg.ckpt_path).is_file():
         raise CheckpointError(cfg.ckpt_path, "checkpoint to resume from does not exist", "fix ckpt_path or drop it")
+    if cfg.get("ckpt_path"):
+        # Lightning loads it with torch's default, weights-only since torch 2.6 unless the environment says
+        # otherwise (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD): probe it here for a one-line refusal, and ask for
+        # weights-only loading below.
+        load_checkpoint(cfg.ckpt_path)
     threshold_only = is_threshold(cfg.model)
     model = None if threshold_only else instantiate(cfg.model)
     datamodule = build_data(cfg, model)
-    monitor = cfg.get("monitor") or {"metric": "val/dice"}
     if int(os.environ.get("LOCAL_RANK", 0)) == 0:
         datamodule.ensure_data()
     output_dir = Path(cfg.paths.output_dir)
@@ -84,12 +165,16 @@ def train(cfg: DictConfig) -> float | None:
         task = Task(model, meta=checkpoint_meta(cfg, model), val_images=int(cfg.get("val_images", 8)))
         loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-        trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks)
+        trainer = build_trainer(cfg, loggers, callbacks, identity)
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # Weights-only resuming where this Lightning's fit takes the setting (else torch's default, see above).
+        safe = {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), **safe)
         ckpt_cb = trainer.checkpoint_callback
-        best_ckpt = (ckpt_cb.best_model_path or ckpt_cb.last_model_path) if ckpt_cb else None
+        # The best checkpoint; without one (no validation ran), the newest any checkpoint callback wrote.
+        written = (p for cb in trainer.checkpoint_callbacks for p in (cb.best_model_path, cb.last_model_path))
+        best_ckpt = next((p for p in written if p), None)
         score = trainer.callback_metrics.get(monitor["metric"])
         best_score = (
             float(ckpt_cb.best_model_score)
@@ -101,6 +186,7 @@ def train(cfg: DictConfig) -> float | None:
             return best_score
 
     if not cfg.get("test", True):
+        write_done(output_dir, identity, best_score, monitor["metric"], best_ckpt)
         return best_score
     predictors: dict[str, Any] = {}
     if threshold_only:
@@ -143,4 +229,5 @@ def train(cfg: DictConfig) -> float | None:
     )
     if best_ckpt:
         print(f"best checkpoint: {best_ckpt}")
+    write_done(output_dir, identity, best_score, monitor["metric"], best_ckpt)
     return best_score
