@@ -188,7 +188,7 @@ def fit_tmax_two_layer(root, cache, seed: int, epochs: int = 24, lr: float = 1e-
         num_sanity_val_steps=0,
         deterministic=True,
     )
-    trainer.fit(Task(model), datamodule=dm)
+    trainer.fit(Task(model, val_images=0), datamodule=dm)
     mae = float(trainer.callback_metrics["val/mae"])
     targets = [s["tmax"].data[0] for s in dm.val_subjects]
     brain_values = torch.cat([t[t != 0] for t in targets])
