@@ -330,3 +330,18 @@ def test_chain_in_3d():
     terms = model.losses(out, b)
     terms["loss"].backward()
     assert torch.isfinite(terms["loss"]) and all(t > 0 for k, t in terms.items() if k != "loss")
+
+
+def test_report_counts_a_repeated_baseline_row_once(tmp_path):
+    """A multirun scores the threshold baseline beside every model of a fold: the pooled table counts each
+    case once; two runs of one model that differ are both kept."""
+    import pandas as pd
+
+    from strokelab.report import collect_runs
+
+    for job, model, dice in (("0", "threshold", 0.4), ("1", "threshold", 0.4), ("0", "slnet", 0.5), ("1", "slnet", 0.6)):
+        folder = tmp_path / job / "test" / model
+        folder.mkdir(parents=True)
+        pd.DataFrame({"case": ["c1"], "fold": [0], "dice": [dice], "seconds": [float(job)]}).to_csv(folder / "metrics.csv", index=False)
+    tables = collect_runs(tmp_path)
+    assert len(tables["threshold"]) == 1 and len(tables["slnet"]) == 2

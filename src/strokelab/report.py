@@ -667,7 +667,9 @@ def _atomic_save_figure(fig, path: Path) -> Path:
 def collect_runs(run_dir: str | Path) -> dict[str, pd.DataFrame]:
     """Per-case test tables of every run under ``run_dir`` (e.g. a cross-validation multirun), by model.
 
-    Looks for ``**/test/<model>/metrics.csv`` as ``train.py`` writes them; cases of all folds are pooled.
+    Looks for ``**/test/<model>/metrics.csv`` as ``train.py`` writes them; cases of all folds are pooled. A row
+    that repeats another of the same model in every column but the run and the time (the threshold baseline,
+    scored again beside each trained model of a fold) is counted once.
     """
     tables: dict[str, list[pd.DataFrame]] = {}
     for path in sorted(Path(run_dir).rglob("test/*/metrics.csv")):
@@ -676,7 +678,12 @@ def collect_runs(run_dir: str | Path) -> dict[str, pd.DataFrame]:
         tables.setdefault(path.parent.name, []).append(frame)
     if not tables:
         raise DataError(run_dir, "holds no test/<model>/metrics.csv", "point to a train.py run or multirun folder")
-    return {model: pd.concat(frames, ignore_index=True) for model, frames in tables.items()}
+    out = {}
+    for model, frames in tables.items():
+        table = pd.concat(frames, ignore_index=True)
+        same = [c for c in table.columns if c not in ("run", "seconds")]
+        out[model] = table.drop_duplicates(subset=same, keep="first").reset_index(drop=True)
+    return out
 
 
 PERCENT_METRICS = frozenset({"dice", "precision", "recall", "lesion_f1"})
