@@ -342,6 +342,8 @@ def test_report_counts_a_repeated_baseline_row_once(tmp_path):
     for job, model, dice in (("0", "threshold", 0.4), ("1", "threshold", 0.4), ("0", "slnet", 0.5), ("1", "slnet", 0.6)):
         folder = tmp_path / job / "test" / model
         folder.mkdir(parents=True)
-        pd.DataFrame({"case": ["c1"], "fold": [0], "dice": [dice], "seconds": [float(job)]}).to_csv(folder / "metrics.csv", index=False)
+        pd.DataFrame({"case": ["c1"], "fold": [0], "dice": [dice], "seconds": [float(job)]}).to_csv(
+            folder / "metrics.csv", index=False
+        )
     tables = collect_runs(tmp_path)
     assert len(tables["threshold"]) == 1 and len(tables["slnet"]) == 2
