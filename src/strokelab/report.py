@@ -776,6 +776,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="MODEL",
         help="also print each model's paired Dice difference to MODEL on the same cases, with a bootstrap 95%% interval",
     )
+    parser.add_argument(
+        "--paired-metrics",
+        type=_csv_list,
+        default=["dice"],
+        help="the metrics of --paired, comma-separated (default dice; e.g. dice,ssim,psnr,ssim_local for Tables 1-2)",
+    )
     args = parser.parse_args(argv)
     try:
         tables: dict[str, pd.DataFrame] = {}
@@ -795,7 +801,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 blocks.append(strata_table(tables, args.strata, "rve", args.order))
             text = "\n\n".join([text, *blocks])
         if args.paired:
-            text = "\n\n".join([text, paired_table(tables, args.paired, "dice", args.order)])
+            blocks = []
+            for metric in args.paired_metrics:  # models without the metric (e.g. no synthesis) are left out of its block
+                have = {k: v for k, v in tables.items() if metric in v.columns}
+                order = None if args.order is None else [o for o in args.order if o in have]
+                blocks.append(paired_table(have, args.paired, metric, order))
+            text = "\n\n".join([text, *blocks])
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
