@@ -7,8 +7,9 @@ pseudo-DWI, the frozen context encoder Φ_c; all five loss terms of Eq. 15), bot
 row. One step is forward + every loss term + backward + RMSprop step (lr 0.002), batch 5 of 2D slices.
 
 Time: median seconds per step over ``--repeats`` interleaved steps after one warm-up step each. Peak memory:
-each model runs again in a fresh process; on CPU the rise of the process's peak resident memory (ru_maxrss)
-over what it held after building the model and the batch, on CUDA ``torch.cuda.max_memory_allocated``.
+each model runs again in a fresh process; on CPU the rise of the process's peak resident memory (VmHWM,
+reset through /proc/self/clear_refs) over what it held after building the model and the batch, on CUDA
+``torch.cuda.max_memory_allocated`` over what was allocated before the steps.
 Rows: 64x64 slices at the CPU budget's widths (16 ... 256, experiment=pseudo_dwi), 256x256 slices at the
 same widths; with CUDA the rows run again on the GPU under bf16 autocast, plus 256x256 at the paper's widths
 (64 ... 1024).
@@ -21,9 +22,9 @@ from __future__ import annotations
 import argparse
 import functools
 import multiprocessing
-import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -101,10 +102,18 @@ def peak_memory(args) -> float:
             step()
         sync(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak resident size (VmHWM) to the current one
+    base = _status_kib("VmRSS")
     for _ in range(2):
         step()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024  # Linux: KiB
+    return (_status_kib("VmHWM") - base) / 1024
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def main() -> None:
