@@ -75,6 +75,7 @@ def test_chain_checkpoint_predicts_mask_and_pseudo_dwi_in_native_geometry(chain_
     assert values.min() >= 0 and values.max() <= 1
     table = pd.read_csv(tmp_path / "pred" / "metrics.csv")
     assert {"dice", "ssim", "ssim_local"} <= set(table.columns)
+    assert (tmp_path / "pred" / "case_1_pseudo-dwi.png").exists()  # the preview is named like the image
 
 
 def test_chain_predicts_from_raw_ctp_where_the_maps_are_missing(chain_run, tmp_path):

@@ -152,7 +152,16 @@ def evaluate_case(
             row.update(score_image(values, truth, case, prediction, spec, affine_tol_mm))
             columns += [c for c in SYNTHESIS_COLUMNS if c not in columns]
             title = f"{case.id}: {predictor.name()} vs the case's {spec.reference} (SSIM {row['ssim']:.3f})"
-            plots.append((values, scale_to_unit(truth), out_dir / f"{case.id}_{name}.png", title, spec.value_range, {"unit": ""}))
+            plots.append(
+                (
+                    values,
+                    scale_to_unit(truth),
+                    out_dir / f"{case.id}_{name.replace('_', '-')}.png",
+                    title,
+                    spec.value_range,
+                    {"unit": ""},
+                )
+            )
             continue
         value_range = spec.value_range
         if value_range is not None:
@@ -161,7 +170,7 @@ def evaluate_case(
         row.update(regression_metrics(values, truth, truth != 0, span))
         columns += [c for c in REGRESSION_COLUMNS if c not in columns]
         title = f"{case.id}: {predictor.name()} vs the case's {name} (MAE {row['mae']:.2f})"
-        plots.append((values, truth, out_dir / f"{case.id}_{name}.png", title, value_range, {}))
+        plots.append((values, truth, out_dir / f"{case.id}_{name.replace('_', '-')}.png", title, value_range, {}))
     out_dir.mkdir(parents=True, exist_ok=True)
     for path, values, is_mask in writes:
         if is_mask:
