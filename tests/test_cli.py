@@ -113,6 +113,9 @@ def test_train_fits_tests_and_compares_with_the_baseline(trained):
     assert (root / "isles24_multimodal_5fold_NIHSSstratified.json").exists()
     log = pd.read_csv(next((run_dir / "csv").rglob("metrics.csv")))
     assert {"val/dice", "val/precision", "val/recall", "val/avd_ml", "train/loss_epoch"} <= set(log.columns)
+    kept = (run_dir / "train.log").read_text()  # stdout was a pipe: one line per epoch, no redrawn bar
+    assert "epoch 1/2: train/loss" in kept and "epoch 2/2: train/loss" in kept and "val/dice" in kept and "left" in kept
+    assert "epoch 2/2: train/loss" in stdout
 
 
 def test_predict_writes_masks_in_native_geometry_with_metrics(trained, tmp_path):

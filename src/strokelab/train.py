@@ -102,17 +102,23 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path, identity: list[str]) ->
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, identity: list[str] | None = None) -> L.Trainer:
     """The configured Trainer, whatever ``trainer=`` config: it writes every checkpoint atomically
-    (``AtomicCheckpointIO``, unless the config names another CheckpointIO plugin) and stores in each what an
-    exact resume needs (``ResumeState``: random streams, patch queue, the job's overrides)."""
+    (``AtomicCheckpointIO``, unless the config names another CheckpointIO plugin), stores in each what an
+    exact resume needs (``ResumeState``: random streams, patch queue, the job's overrides) and logs one line per
+    epoch (``strokelab.progress.EpochLog``: losses, validation metrics, time left; the console and
+    ``train.log``); the redrawn progress bar is off when standard output is not a terminal."""
     from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
 
     from strokelab.checkpointing import AtomicCheckpointIO, ResumeState
+    from strokelab.progress import EpochLog, progress_bar_wanted
 
     configured = cfg.trainer.get("plugins")
     plugins = list(instantiate(configured)) if configured else []
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, ResumeState(identity)], plugins=plugins)
+    monitor = cfg.get("monitor") or {"metric": "val/dice", "mode": "max"}
+    extra = [ResumeState(identity), EpochLog(monitor.get("metric"), monitor.get("mode", "max"))]
+    bar = {} if progress_bar_wanted() or "enable_progress_bar" in cfg.trainer else {"enable_progress_bar": False}
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, *extra], plugins=plugins, **bar)
 
 
 def train(cfg: DictConfig) -> float | None:
