@@ -71,6 +71,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _write_durably(path: Path, write) -> None:
+    """``write(binary file)`` into a new temporary file beside ``path`` (the :func:`temp_pattern` name),
+    fsync it, rename it over ``path`` and fsync the folder; on any failure the temporary file is removed and
+    ``path`` is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
 def temp_pattern(path: str | Path) -> str:
     """The glob of the temporary files ``AtomicCheckpointIO`` writes beside ``path`` (``.last.ckpt.<hex>.tmp``)."""
     path = Path(path)
@@ -88,19 +107,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)  # Lightning's checks and remote writes
             return
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for any new file
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)  # streamed to disk: no second copy of the checkpoint in memory
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(path.parent)
+        _write_durably(path, lambda f: torch.save(checkpoint, f))  # streamed: no second copy in memory
         for stale in glob.glob(temp_pattern(path)):  # left by a save that was killed before its rename
             Path(stale).unlink(missing_ok=True)
 
@@ -208,19 +215,12 @@ def carry_checkpoint_state(state: dict[str, Any], new_dir: str, is_zero: bool) -
 
 
 def _copy_atomically(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        with open(src, "rb") as fin, open(tmp, "xb") as fout:
+    def copy(fout) -> None:
+        with open(src, "rb") as fin:
             while chunk := fin.read(1 << 24):
                 fout.write(chunk)
-            fout.flush()
-            os.fsync(fout.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
+
+    _write_durably(dst, copy)
 
 
 class ResumeState(Callback):

@@ -54,6 +54,16 @@ def check_spatial_dims(spatial_dims: int) -> int:
     return int(spatial_dims)
 
 
+def check_input_shape(module: nn.Module, x: Tensor) -> None:
+    """Raise ``ValueError`` unless ``x`` is ``(B, module.in_channels, *spatial)`` with ``module.spatial_dims``
+    spatial axes (the encoders and discriminators, which take any spatial size)."""
+    if x.dim() != module.spatial_dims + 2 or x.shape[1] != module.in_channels:
+        raise ValueError(
+            f"{type(module).__name__} ({module.spatial_dims}D, {module.in_channels} channels) expects "
+            f"(B, {module.in_channels}, *{module.spatial_dims} spatial axes), got shape {tuple(x.shape)}"
+        )
+
+
 def conv_type(spatial_dims: int) -> type[nn.Module]:
     """``nn.Conv2d`` or ``nn.Conv3d``."""
     return _CONV[check_spatial_dims(spatial_dims)]

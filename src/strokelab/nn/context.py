@@ -34,7 +34,15 @@ import torch
 from torch import Tensor, nn
 
 from strokelab.nn import count_parameters
-from strokelab.nn.blocks import as_stride, check_init, check_spatial_dims, conv_type, initialise, make_activation
+from strokelab.nn.blocks import (
+    as_stride,
+    check_init,
+    check_input_shape,
+    check_spatial_dims,
+    conv_type,
+    initialise,
+    make_activation,
+)
 
 #: Default hidden widths of ``conv1`` ... ``conv4`` (``conv5`` outputs ``out_features``).
 CONTEXT_CHANNELS: tuple[int, ...] = (16, 32, 64, 64)
@@ -122,11 +130,7 @@ class ContextEncoder(nn.Module):
         initialise(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} ({self.spatial_dims}D, {self.in_channels} channels) expects "
-                f"(B, {self.in_channels}, *{self.spatial_dims} spatial axes), got shape {tuple(x.shape)}"
-            )
+        check_input_shape(self, x)
         return self.layers(x.to(torch.float32) if not x.is_floating_point() else x)
 
     def parameter_count(self) -> float:

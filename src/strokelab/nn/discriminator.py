@@ -28,7 +28,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from strokelab.nn import count_parameters
-from strokelab.nn.blocks import NORM_KINDS, Stride, as_stride, check_init, check_spatial_dims, conv_type, initialise, make_norm
+from strokelab.nn.blocks import (
+    NORM_KINDS,
+    Stride,
+    as_stride,
+    check_init,
+    check_input_shape,
+    check_spatial_dims,
+    conv_type,
+    initialise,
+    make_norm,
+)
 
 #: Default widths of the hidden layers.
 PATCH_CHANNELS: tuple[int, ...] = (16, 32, 64, 128)
@@ -127,11 +137,7 @@ class PatchDiscriminator(nn.Module):
         initialise(self, init)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() != self.spatial_dims + 2 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} ({self.spatial_dims}D, {self.in_channels} channels) expects "
-                f"(B, {self.in_channels}, *{self.spatial_dims} spatial axes), got shape {tuple(x.shape)}"
-            )
+        check_input_shape(self, x)
         return self.layers(x)
 
     @property
