@@ -58,7 +58,7 @@ SHOWN_IDS = 10  # case ids listed in the summary line (all failed ones are in fa
 
 def build_predictor(cfg: DictConfig):
     from strokelab.inference import ModelPredictor
-    from strokelab.train import is_threshold
+    from strokelab.tasks.threshold import is_threshold
 
     if is_threshold(cfg.get("model")):
         predictor = instantiate(cfg.model)

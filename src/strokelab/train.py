@@ -22,13 +22,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from strokelab.errors import CheckpointError, ConfigError
 from strokelab.io import atomic_write_text
+from strokelab.tasks.threshold import is_threshold
 
 log = logging.getLogger(__name__)
-THRESHOLD_TARGET = "strokelab.tasks.threshold.ThresholdBaseline"
-
-
-def is_threshold(model_cfg: Any) -> bool:
-    return model_cfg is not None and model_cfg.get("_target_") == THRESHOLD_TARGET
 
 
 def checkpoint_meta(cfg: DictConfig, model) -> dict[str, Any]:
@@ -128,6 +124,7 @@ def train(cfg: DictConfig) -> float | None:
     overrides) returns the result stored there without training; one whose folder holds its interrupted run
     resumes from that run's ``last.ckpt`` (see ``strokelab.checkpointing``)."""
     from strokelab.checkpointing import finished_job, job_identity, write_done
+    from strokelab.dashboards import build_loggers, log_test_results
     from strokelab.evaluation import evaluate_cases
     from strokelab.inference import ModelPredictor, load_checkpoint
     from strokelab.metrics import REGRESSION_COLUMNS, SYNTHESIS_COLUMNS
@@ -168,8 +165,9 @@ def train(cfg: DictConfig) -> float | None:
 
     best_score, best_ckpt, loggers, trainer = None, None, [], None
     if model is not None and cfg.get("train", True):
-        task = Task(model, meta=checkpoint_meta(cfg, model), val_images=int(cfg.get("val_images", 8)))
-        loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+        images = {"val_images": int(cfg.get("val_images", 8)), "val_images_every": int(cfg.get("val_images_every", 1))}
+        task = Task(model, meta=checkpoint_meta(cfg, model), **images)
+        loggers = build_loggers(cfg)  # a resumed run continues its wandb run
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
         trainer = build_trainer(cfg, loggers, callbacks, identity)
         for lg in loggers:
@@ -223,6 +221,7 @@ def train(cfg: DictConfig) -> float | None:
         else "no checkpoint (the threshold baseline does not train)"
     )
     atomic_write_text(output_dir / "test" / "comparison.md", f"{table}\n\n{chosen}\n")
+    log_test_results(loggers, tables, output_dir / "test", trainer.global_step if trainer else 0)  # tables, plots
     for lg in loggers:
         for name, frame in tables.items():
             lg.log_metrics({f"test/{name}/{k}": float(frame[k].mean()) for k in shown if k in frame})

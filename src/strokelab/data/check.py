@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MODALITIES = ("cbf", "cbv", "mtt", "tmax")
 LABEL_VALUE_TOL = 1e-3
+READ_THREADS = 4  # files of a case read at once (read_parallel)
+LABEL = "__label__"  # read_parallel's key for a case's lesion mask
 DEFAULT_MAX_MISSING_FRAMES = 0.05  # Stanford report: up to 5 % of a series may be zero-filled
 
 
@@ -112,9 +115,18 @@ def fill_missing_frames(data: np.ndarray, path: Path, max_missing: float) -> tup
     return data, f"{path}: zero-filled {n} missing frame(s) {np.flatnonzero(missing).tolist()}"
 
 
-def load_label(path: Path, reference: nib.Nifti1Image, affine_tol_mm: float = 1e-3, ref_name: str = "the images") -> np.ndarray:
-    """Read a lesion mask as ``> 0.5`` after checking it: readable, on the reference grid, values 0/1."""
-    data, img = load_nifti(path, expect_3d=True)
+def load_label(
+    path: Path,
+    reference: nib.Nifti1Image,
+    affine_tol_mm: float = 1e-3,
+    ref_name: str = "the images",
+    read: tuple[np.ndarray, nib.Nifti1Image] | DataError | None = None,
+) -> np.ndarray:
+    """Read a lesion mask as ``> 0.5`` after checking it: readable, on the reference grid, values 0/1
+    (``read``: the result of reading ``path`` already, by :func:`read_parallel`)."""
+    if isinstance(read, DataError):
+        raise read
+    data, img = read if read is not None else load_nifti(path, expect_3d=True)
     if data.shape != reference.shape[:3]:
         raise DataError(
             path, f"shape {data.shape} differs from {ref_name} {reference.shape[:3]}", "resample the mask onto the images' grid"
@@ -162,6 +174,22 @@ def reference_modality(modalities) -> str | None:
     return next((m for m in modalities if m not in TIME_SERIES), modalities[0] if modalities else None)
 
 
+def read_parallel(files: dict[str, tuple[Path, bool]]) -> dict[str, tuple[np.ndarray, nib.Nifti1Image] | DataError]:
+    """:func:`load_nifti` of each ``name: (path, expect_3d)``, several files at once (decompressing a
+    ``.nii.gz`` releases the GIL, so two cores read two files): the data and image, or the file's DataError."""
+
+    def read(item: tuple[Path, bool]):
+        try:
+            return load_nifti(*item)
+        except DataError as err:
+            return err
+
+    if len(files) < 2:
+        return {name: read(item) for name, item in files.items()}
+    with ThreadPoolExecutor(max_workers=min(len(files), READ_THREADS)) as pool:
+        return dict(zip(files, pool.map(read, files.values())))
+
+
 def _inspect(
     case: Case, nan_policy: str, tol: float, max_missing: float, stop_at_first: bool
 ) -> tuple[list[DataError], LoadedCase | None]:
@@ -170,15 +198,18 @@ def _inspect(
     problems: list[DataError] = []
     warnings: list[str] = []
     read: dict[str, tuple[Path, np.ndarray, nib.Nifti1Image]] = {}
+    files = {m: (p, m not in TIME_SERIES) for m, p in case.images.items()}
+    if case.label is not None:
+        files[LABEL] = (case.label, True)
+    loaded = read_parallel(files)
     for modality, path in case.images.items():
-        try:
-            data, img = load_nifti(path, expect_3d=modality not in TIME_SERIES)
-        except DataError as err:
-            problems.append(err)
+        result = loaded[modality]
+        if isinstance(result, DataError):
+            problems.append(result)
             if stop_at_first:
                 return problems, None
             continue
-        read[modality] = (Path(path), data, img)
+        read[modality] = (Path(path), *result)
     ref_mod = reference_modality(read)
     if ref_mod is None:
         return problems, None
@@ -216,7 +247,7 @@ def _inspect(
     label = None
     if case.label is not None:
         try:
-            label = load_label(case.label, reference, tol, ref_path.name)
+            label = load_label(case.label, reference, tol, ref_path.name, read=loaded[LABEL])
         except DataError as err:
             problems.append(err)
     if problems:

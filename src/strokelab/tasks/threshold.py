@@ -18,6 +18,11 @@ from strokelab.errors import ConfigError
 RULES = ("tmax", "rcbf", "union", "intersection")
 
 
+def is_threshold(model_cfg) -> bool:
+    """Whether a model config (``cfg.model``, may be None) is this baseline."""
+    return model_cfg is not None and model_cfg.get("_target_") == f"{__name__}.{ThresholdBaseline.__name__}"
+
+
 class ThresholdBaseline:
     modalities = ("cbf", "tmax")
     threshold = 0.5  # its mask is 0/1
