@@ -256,3 +256,31 @@ def test_a_checkpoint_case_missing_one_of_its_two_outputs_is_redone(root, tmp_pa
     os.utime(two_output_ckpt, ns=(PAST_NS, PAST_NS))  # a retrained (rewritten) checkpoint: every case again
     run = predict_cases(config(root, out, f"ckpt={two_output_ckpt}"))
     assert run.predicted == list(GOOD) and not run.skipped
+
+
+def test_the_next_case_read_in_the_background_gives_the_same_outputs_and_keeps_its_own_error(
+    tmp_path, two_output_ckpt, single_thread, monkeypatch
+):
+    """predict.py reads case i+1 while the network runs on case i (ModelPredictor.prefetch): the outputs are those
+    of reading each case in its turn, and a damaged file of a prefetched case fails that case alone."""
+    from strokelab.inference import ModelPredictor
+
+    root = tmp_path / "isles"
+    for i, cid in enumerate(IDS):
+        write_case(root, cid, seed=i)
+    truncate(perfusion(root, IDS[1], "cbf"))  # the middle case: read in the background while the first is predicted
+    started = []
+    original = ModelPredictor._start_queued
+    monkeypatch.setattr(ModelPredictor, "_start_queued", lambda self, key: started.append(self._queued) or original(self, key))
+    run = predict_cases(config(root, tmp_path / "prefetched", f"ckpt={two_output_ckpt}"))
+    assert [c.id for c in started if c is not None] == [IDS[1], IDS[2]]  # each read while its predecessor was predicted
+    assert run.predicted == [IDS[0], IDS[2]] and list(run.failed) == [IDS[1]]
+    assert str(run.failed[IDS[1]].where).endswith("cbf.nii.gz") and "truncated" in run.failed[IDS[1]].problem
+
+    monkeypatch.setattr(ModelPredictor, "prefetch", lambda self, case: None)  # each case read in its turn
+    plain = predict_cases(config(root, tmp_path / "plain", f"ckpt={two_output_ckpt}"))
+    assert plain.predicted == run.predicted and list(plain.failed) == list(run.failed)
+    for cid in run.predicted:
+        for name in (f"{cid}.nii.gz", f"{cid}_feature.nii.gz"):
+            a = np.asarray(nib.load(tmp_path / "prefetched" / name).dataobj)
+            assert np.array_equal(a, np.asarray(nib.load(tmp_path / "plain" / name).dataobj)), name

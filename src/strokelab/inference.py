@@ -74,6 +74,9 @@ class ModelPredictor:
         self.weight_map = weight_map
         self.threshold = model.threshold
         self.timings: dict[str, float] = {}
+        self._reader = None  # the prefetch thread (prefetch), started on first use
+        self._prefetched = None  # (case key, Future of _load): the case read in the background
+        self._queued = None  # the case to read once predict_case has read its own
 
     @property
     def modalities(self) -> list[str]:
@@ -129,10 +132,36 @@ class ModelPredictor:
             weight_map=meta.get("weight_map"),
         )
 
-    @torch.no_grad()
-    def predict_case(self, case: Case) -> Prediction:
-        """Every declared output of ``case`` in its native grid (see the module docstring)."""
-        t0 = time.perf_counter()
+    def prefetch(self, case: Case) -> None:
+        """Read and check ``case``'s inputs in a background thread once the current (or next)
+        :meth:`predict_case` has read its own, so that they are read while the network runs (``predict.py``
+        passes the next case; decompression and the network release the GIL). A later predict_case of that
+        case uses them and raises their errors; a prefetched case that is never predicted is dropped."""
+        self._queued = case
+
+    def _start_queued(self, current: tuple) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        case, self._queued = self._queued, None
+        if case is None or self._key(case) == current:
+            return
+        if self._reader is None:
+            self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="strokelab-prefetch")
+        self._prefetched = (self._key(case), self._reader.submit(self._load, case))
+
+    def close(self) -> None:
+        """Stop the prefetch thread (a read in progress is finished and dropped)."""
+        self._queued = None
+        if self._reader is not None:
+            self._reader.shutdown(wait=True, cancel_futures=True)
+            self._reader, self._prefetched = None, None
+
+    @staticmethod
+    def _key(case: Case) -> tuple:
+        return case.id, tuple(sorted((m, str(p)) for m, p in case.images.items()))
+
+    def _load(self, case: Case) -> tuple[Any, list[str]]:
+        """The case's inputs (and the reference map of a map output), read and checked: (LoadedCase, on_grid)."""
         model = self.model
         missing = [m for m in self.modalities if not case_image_path(case, m).exists()]
         if missing:
@@ -153,6 +182,19 @@ class ModelPredictor:
         loaded = load_case(
             Case(case.id, case.root, images, None), self.prep.nan_policy, self.prep.affine_tol_mm, self.prep.max_missing_frames
         )
+        return loaded, on_grid
+
+    @torch.no_grad()
+    def predict_case(self, case: Case) -> Prediction:
+        """Every declared output of ``case`` in its native grid (see the module docstring)."""
+        t0 = time.perf_counter()
+        model = self.model
+        pending, self._prefetched, key = self._prefetched, None, self._key(case)
+        if pending is not None and pending[0] == key:
+            loaded, on_grid = pending[1].result()
+        else:
+            loaded, on_grid = self._load(case)
+        self._start_queued(key)
         serve = Serve.make(model.inputs, on_grid[:1], self.weight_map, per_slice=model.spatial_dims == 2)
         entry = preprocess_loaded(loaded, self.prep, serve)
         t1 = time.perf_counter()

@@ -151,39 +151,46 @@ def predict_cases(cfg: DictConfig) -> PredictRun:
 
     run = PredictRun(out_dir, list(ids))
     scores: dict[str, CaseScore] = {}
-    for cid in ids:
-        try:
-            case = discover(root, modalities, with_label=has_mask, ids=[cid])[0]
-            if not overwrite:
-                reuse_derived_maps(case, maps_dir)
-                entry = record["cases"].get(cid)
-                if entry and entry.get("settings") == fingerprint and outputs_finished(predictor, case, specs, out_dir):
-                    log.info("%s: outputs already in %s with these settings, skipped", cid, out_dir)
-                    run.skipped.append(cid)
-                    if entry.get("row") is not None:
-                        scores[cid] = CaseScore(entry["row"], list(entry["columns"]))
-                    continue
-            for note in fill_missing_maps([case], maps_dir):
-                log.info(note)
-            check_headers([case], reader=reader)
-            n_scored = sum(c in scores for c in run.predicted)
-            score = evaluate_case(predictor, case, out_dir, threshold=threshold, previews=n_scored < MAX_PREVIEWS)
-        except StrokelabError as err:
-            err = case_error(cid, err)
-            print(f"error: {err.line()}", file=sys.stderr)
-            run.failed[cid] = err
-            if record["cases"].pop(cid, None) is not None:  # its outputs (if any) are no longer known good
-                write_record(out_dir, record, settings, fingerprint)
-            continue
-        run.predicted.append(cid)
-        if score is not None:
-            scores[cid] = score
-        record["cases"][cid] = {
-            "settings": fingerprint,
-            "columns": None if score is None else score.columns,
-            "row": None if score is None else _plain(score.row),
-        }
-        write_record(out_dir, record, settings, fingerprint)
+    prefetch = getattr(predictor, "prefetch", None)  # read the next case while this one is predicted
+    try:
+        for cid in ids:
+            try:
+                case = discover(root, modalities, with_label=has_mask, ids=[cid])[0]
+                if not overwrite:
+                    reuse_derived_maps(case, maps_dir)
+                    entry = record["cases"].get(cid)
+                    if entry and entry.get("settings") == fingerprint and outputs_finished(predictor, case, specs, out_dir):
+                        log.info("%s: outputs already in %s with these settings, skipped", cid, out_dir)
+                        run.skipped.append(cid)
+                        if entry.get("row") is not None:
+                            scores[cid] = CaseScore(entry["row"], list(entry["columns"]))
+                        continue
+                for note in fill_missing_maps([case], maps_dir):
+                    log.info(note)
+                check_headers([case], reader=reader)
+                if prefetch is not None:
+                    prefetch_next(prefetch, root, modalities, has_mask, ids, ids.index(cid), record, fingerprint)
+                n_scored = sum(c in scores for c in run.predicted)
+                score = evaluate_case(predictor, case, out_dir, threshold=threshold, previews=n_scored < MAX_PREVIEWS)
+            except StrokelabError as err:
+                err = case_error(cid, err)
+                print(f"error: {err.line()}", file=sys.stderr)
+                run.failed[cid] = err
+                if record["cases"].pop(cid, None) is not None:  # its outputs (if any) are no longer known good
+                    write_record(out_dir, record, settings, fingerprint)
+                continue
+            run.predicted.append(cid)
+            if score is not None:
+                scores[cid] = score
+            record["cases"][cid] = {
+                "settings": fingerprint,
+                "columns": None if score is None else score.columns,
+                "row": None if score is None else _plain(score.row),
+            }
+            write_record(out_dir, record, settings, fingerprint)
+    finally:
+        if hasattr(predictor, "close"):
+            predictor.close()
 
     rows = [scores[cid] for cid in ids if cid in scores]
     if rows:
@@ -191,6 +198,24 @@ def predict_cases(cfg: DictConfig) -> PredictRun:
         write_metrics(run.table, out_dir, title=predictor.name())
     write_failed(out_dir, run.failed)
     return run
+
+
+def prefetch_next(prefetch, root, modalities, has_mask: bool, ids: list[str], i: int, record: dict, fingerprint: str) -> None:
+    """Start reading the case after ``ids[i]`` that this call will predict (not recorded as done with these
+    settings; every input already on disk: a case whose maps are derived first is read in its own turn)."""
+    from strokelab.data.layouts import discover
+
+    for cid in ids[i + 1 :]:
+        entry = record["cases"].get(cid)
+        if entry and entry.get("settings") == fingerprint:
+            continue  # most likely skipped; checked in its turn
+        try:
+            case = discover(root, modalities, with_label=has_mask, ids=[cid])[0]
+        except StrokelabError:
+            return  # reported in its turn
+        if all(Path(p).is_file() for p in case.images.values()):
+            prefetch(case)
+        return
 
 
 def case_error(cid: str, err: StrokelabError) -> StrokelabError:
