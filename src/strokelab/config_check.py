@@ -90,6 +90,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
         "widths": Sequence[int],
         "budget_epochs": int,
         "val_images": int,
+        "val_images_every": int,
         "paths": PATHS,
         "data": Node,
         "model": Node,

@@ -4,7 +4,9 @@ The same function serves ``predict.py`` and the test stage of ``train.py``, so a
 threshold baseline are always scored by identical code in the cases' native geometry. Per case and output:
 
 * a ``mask`` is thresholded and written as ``<case>.nii.gz`` (uint8, the reference header) and, where the case
-  has a follow-up lesion mask, scored by :func:`strokelab.metrics.case_metrics`;
+  has a follow-up lesion mask, scored by :func:`strokelab.metrics.case_metrics`; a preview PNG ``<case>.png``
+  (the TUM project's Fig. 4.1: the model's first input | prediction | label | both contours on the input, on
+  the slice with the most lesion; :func:`strokelab.previews.mask_row`) is drawn for the first cases;
 * a ``map`` (e.g. Tmax in s) is written as ``<case>_<name>.nii.gz`` (float32) and, where the case has its own
   map of that name, scored by :func:`strokelab.metrics.regression_metrics` inside the reference brain (the map's
   non-zero voxels), the case map clipped to the trained value range as in training; a preview PNG (reference |
@@ -50,7 +52,7 @@ from strokelab.models.base import OutputSpec
 from strokelab.report import plot_map_comparison, write_report
 
 log = logging.getLogger(__name__)
-MAX_PREVIEWS = 8  # maps: reference | prediction | difference drawn for this many cases
+MAX_PREVIEWS = 8  # previews (masks: input | prediction | label; maps: reference | prediction | difference) for this many cases
 
 
 class Predictor(Protocol):
@@ -92,6 +94,26 @@ def score_image(
     return synthesis_metrics(values, reference, brain, lesion, spacing_mm(prediction.reference), span)
 
 
+def plot_mask_preview(case: Case, predictor: Predictor, mask: np.ndarray, label: np.ndarray, path: Path, title: str) -> Path:
+    """The TUM project's Fig. 4.1 for one case, on its native grid: the image the predictor's geometry comes
+    from (its first 3D input; a 4D series: its maximum over time) | the predicted mask | the label | both
+    contours on the input, on the axial slice with the most lesion (the most predicted lesion when the label is
+    empty). Only that slice of the input is read. Written atomically as a PNG."""
+    from strokelab.data.check import reference_modality
+    from strokelab.data.layouts import TIME_SERIES
+    from strokelab.previews import lesion_slice, mask_row, save_png
+
+    name = reference_modality(list(predictor.modalities))
+    z = lesion_slice(label if label.any() else mask, label.shape[-1])
+    if name in TIME_SERIES:
+        series, _ = load_nifti(case_image_path(case, name), expect_3d=False)
+        image, name = series[:, :, z].max(axis=-1), f"{name} (max over time)"
+    else:
+        image = np.asarray(nib.load(case_image_path(case, name)).dataobj[:, :, z], dtype=np.float32)
+    image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+    return save_png(mask_row(image, mask[:, :, z], label[:, :, z] > 0.5, name, f"{title}, slice {z}"), path)
+
+
 class CaseScore(NamedTuple):
     """One scored case: its row of ``metrics.csv`` and the columns it fills, in table order."""
 
@@ -125,6 +147,7 @@ def evaluate_case(
     columns = ["case", "fold", "centre"]
     writes: list[tuple[Path, np.ndarray, bool]] = []  # (path, values, is a mask)
     plots: list[tuple] = []  # plot_map_comparison arguments, drawn after the writes
+    mask_plots: list[tuple] = []  # plot_mask_preview arguments (after case and predictor), drawn after the writes
     for name, spec in prediction.specs.items():
         values = prediction.outputs[name]
         path = output_path(out_dir, case.id, name, spec)
@@ -141,6 +164,8 @@ def evaluate_case(
             row["pred_ml"] = float(mask.sum()) * voxel_volume_ml(label_img)
             row.update(case_metrics(mask, label, spacing_mm(label_img)))
             columns += [c for c in ("lesion_ml", "pred_ml", *METRIC_COLUMNS) if c not in columns]
+            title = f"{case.id}: {predictor.name()} (Dice {row['dice']:.3f})"
+            mask_plots.append((mask, label, out_dir / f"{case.id}.png", title))
             continue
         writes.append((path, values, False))
         if spec.reference is None or not case_image_path(case, spec.reference).exists():
@@ -180,6 +205,8 @@ def evaluate_case(
     if previews:
         for values, truth, png, title, value_range, kwargs in plots:
             plot_map_comparison(values, truth, png, title, value_range, **kwargs)
+        for mask, label, png, title in mask_plots:
+            plot_mask_preview(case, predictor, mask, label, png, title)
     row["seconds"] = time.perf_counter() - t0
     if getattr(predictor, "model", None) is not None:
         row["params_m"] = predictor.model.parameter_count() / 1e6  # Wang et al.'s Table 3 lists it

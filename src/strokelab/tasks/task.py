@@ -5,9 +5,11 @@ It reads the model's named inputs and targets from TorchIO batches, sums and log
 logs the metrics of every declared output (``val/dice`` ... for the mask, ``val/mae`` ... for a map,
 ``val/ssim``, ``val/psnr``, ``val/ssim_local`` ... for an image such as a pseudo-DWI, plus ``val/loss``),
 draws one slice per validation case (``strokelab.previews``: a PNG under ``<run>/val_images/`` and an image
-in wandb/TensorBoard), builds the optimiser and scheduler the model config names, and stores the whole model
-config in every checkpoint (``meta``, set by ``train.py``), so that ``predict.py`` can rebuild the model from
-it alone.
+``val/images/<case>`` in wandb/TensorBoard; ``val_images`` cases, at the validation that ends every
+``val_images_every``-th epoch, see :meth:`Task.images_due`), builds the optimiser and scheduler the model
+config names, and stores the whole model config in every checkpoint (``meta``, set by ``train.py``), so that
+``predict.py`` can rebuild the model from it alone, and the id of the wandb run (a resumed run continues it,
+``strokelab.dashboards``).
 
 A model trained in stages switches before every epoch (``Model.set_epoch``). A model with an adversary (a
 ``discriminator`` module, Table 1's GAN rows) is optimised manually: one step of the model's optimiser on its
@@ -73,11 +75,16 @@ def brain_region(images: dict[str, Tensor], reference: Tensor) -> Tensor:
 
 
 class Task(L.LightningModule):
-    def __init__(self, model: Model, meta: dict[str, Any] | None = None, val_images: int = 8):
+    def __init__(self, model: Model, meta: dict[str, Any] | None = None, val_images: int = 8, val_images_every: int = 1):
         super().__init__()
         self.model = model
         self.meta: dict[str, Any] = dict(meta or {})  # the model config and data settings: stored in checkpoints
         self.val_images = int(val_images)  # validation cases drawn per validation (one slice each)
+        if isinstance(val_images_every, bool) or int(val_images_every) != val_images_every or val_images_every < 1:
+            raise ConfigError(
+                "val_images_every", f"is {val_images_every!r}", "give a whole number of epochs >= 1 (val_images=0 draws none)"
+            )
+        self.val_images_every = int(val_images_every)  # draw them at the validation ending every N-th epoch
         self._drawn = 0
         self.adversarial = getattr(model, "discriminator", None) is not None
         if self.adversarial:
@@ -196,6 +203,8 @@ class Task(L.LightningModule):
 
         if self.val_images <= 0 or self.trainer is None or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
+        if not self.images_due():
+            return
         model = self.model
         cases = batch.get("case") or [f"case{self._drawn + i}" for i in range(images[model.inputs[0]].shape[0])]
         folder = Path(self.trainer.default_root_dir or ".") / "val_images" / f"epoch_{self.current_epoch:03d}"
@@ -235,6 +244,20 @@ class Task(L.LightningModule):
             save_png(rgb, folder / f"{case}.png")
             self._log_image(f"val/images/{case}", rgb)
 
+    def images_due(self) -> bool:
+        """Whether this validation draws images: at the validation that ends every ``val_images_every``-th epoch
+        (epochs counted from 1: N, 2N, ...; when validation runs less often, at the first validation after such
+        an epoch) and at the last epoch. Derived from the epoch alone, so a resumed run draws where the
+        uninterrupted one does."""
+        n, epoch = self.val_images_every, self.current_epoch + 1
+        if n <= 1:
+            return True
+        trainer = self.trainer
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and epoch >= trainer.max_epochs:
+            return True
+        every = int(trainer.check_val_every_n_epoch or 1)  # epochs between validations (None: within epochs)
+        return epoch // n > max(epoch - every, 0) // n
+
     def _log_image(self, key: str, rgb) -> None:
         for logger in self.loggers:
             kind = type(logger).__name__
@@ -267,4 +290,7 @@ class Task(L.LightningModule):
         }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from strokelab.dashboards import remember_wandb_run
+
         checkpoint["strokelab"] = self.meta
+        remember_wandb_run(checkpoint, self.loggers)
