@@ -3,6 +3,7 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-installed-stamp
 
 .PHONY: setup train test test-fast phantom bench clean
 
@@ -27,9 +28,15 @@ test-fast: setup
 phantom: setup
 	$(PY) -m strokelab.data.phantom data/phantom
 
-bench: setup
+# The benchmarks also need the bench extra (MONAI, the reference of benchmarks/sliding_window_monai.py).
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/predict_case.py
 	$(PY) benchmarks/sliding_window.py
+	$(PY) benchmarks/sliding_window_monai.py
 
 clean:
 	rm -rf logs data/cache
