@@ -15,8 +15,8 @@ smooth perfusion-like maps; label, weight map and DWI to match) from the same in
 * ``bf16-mixed ddp``: ``trainer=ddp`` (strategy ddp, ``devices: auto``: every visible GPU, synchronised batch
   norm), in a fresh process, as Lightning launches one process per device; each rank draws its own batches.
   With one visible GPU it runs on that one device (the strategy's code path, no scaling) and says so. The GAN
-  chain runs with ``ddp_find_unused_parameters_true`` (its row says so): the task's discriminator step
-  backpropagates a loss that reaches none of the other networks, which plain ``ddp`` refuses at the next step.
+  chain runs with ``ddp_find_unused_parameters_true`` as train.py does (``train.ddp_adjustments``; its row says
+  so): the discriminator step backpropagates a loss that reaches none of the other networks.
 
 Columns: steps/s and samples/s (global: batch x devices) over the steps after ``--warmup`` warm-up steps, peak
 memory (``torch.cuda.max_memory_allocated`` of rank 0's device, MiB), whether every step's loss was finite, the
@@ -238,6 +238,9 @@ def fit(cfg, model, *, precision: str | None, steps: int, warmup: int, deadline:
     )
     if precision is not None:
         kw["precision"] = precision
+    from strokelab.train import ddp_adjustments
+
+    kw.update(ddp_adjustments(cfg, model))  # what train.py's trainer gets under trainer=ddp (GAN step, CPU batch norm)
     trainer = instantiate(cfg.trainer, **kw)
     if cuda:  # the previous fit's trainer and task are garbage now: free them so the peak is this fit's
         gc.collect()
@@ -315,21 +318,19 @@ def ddp_child(args) -> None:
     """Runs in every DDP rank (Lightning re-runs this command once per further device): the bf16 DDP fits."""
     models = CPU_MODELS if args.cpu else GPU_MODELS
     chosen = {k: v for k, v in models.items() if k in args.models}
-    # On the CPU: 2 gloo processes, with the config's bf16-mixed as on the GPU; without the config's
-    # sync_batchnorm, since torch's SyncBatchNorm runs on GPUs only (the chain's PlainUNets use batch norm).
-    extra = ["trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=false"] if args.cpu else []
+    # On the CPU: 2 gloo processes, with the config's bf16-mixed as on the GPU (train.ddp_adjustments turns off
+    # sync_batchnorm there: torch's SyncBatchNorm runs on GPUs only, and the chain's PlainUNets use batch norm).
+    extra = ["trainer.accelerator=cpu", "trainer.devices=2"] if args.cpu else []
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in chosen.items():
             cfg = compose_config([*overrides, *extra], "ddp")
             model = build_model(cfg, args.seed)
             row = {"model": name, "mode": "bf16-mixed ddp"}
-            if getattr(model, "discriminator", None) is not None and cfg.trainer.strategy == "ddp":
-                # The task's GAN step backpropagates the discriminator's loss alone, which reaches none of the other
-                # networks' parameters: plain DDP (find_unused_parameters false) stops at the next step with
-                # "parameters that were not used in producing the loss". Until trainer=ddp handles it, so does this.
-                cfg.trainer.strategy = "ddp_find_unused_parameters_true"
-                row["note"] = "strategy ddp_find_unused_parameters_true (plain ddp fails on the GAN step)"
+            if getattr(model, "discriminator", None) is not None:
+                # train.ddp_adjustments: the GAN step's discriminator backward reaches none of the other networks'
+                # parameters, which plain DDP refuses at the next step.
+                row["note"] = "strategy ddp_find_unused_parameters_true (train.ddp_adjustments: the GAN step)"
             if time.time() > args.deadline:
                 row["skipped"] = "time guard: the budget was spent"
             else:

@@ -96,7 +96,27 @@ def resume_checkpoint(cfg: DictConfig, output_dir: Path, identity: list[str]) ->
     return None if path is None else str(path)
 
 
-def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, identity: list[str] | None = None) -> L.Trainer:
+def ddp_adjustments(cfg: DictConfig, model=None) -> dict[str, Any]:
+    """Trainer settings that ``trainer=ddp`` needs for this run, each said in one log line: a model with a
+    discriminator (the chain's GAN rows) makes its own separate backward passes, which leave the other networks'
+    parameters unused in one of them (plain DDP stops at the next step): ``ddp_find_unused_parameters_true``;
+    synchronised batch norm exists on GPUs only: off for CPU processes."""
+    tcfg = cfg.trainer
+    if str(tcfg.get("strategy", "")) != "ddp":
+        return {}
+    changes: dict[str, Any] = {}
+    if model is not None and getattr(model, "discriminator", None) is not None:
+        changes["strategy"] = "ddp_find_unused_parameters_true"
+        log.info("trainer.strategy: ddp_find_unused_parameters_true (the discriminator's backward uses only its own parameters)")
+    if tcfg.get("sync_batchnorm") and str(tcfg.get("accelerator", "")) == "cpu":
+        changes["sync_batchnorm"] = False
+        log.info("trainer.sync_batchnorm: false (torch's SyncBatchNorm runs on GPUs only; each CPU process keeps its own)")
+    return changes
+
+
+def build_trainer(
+    cfg: DictConfig, loggers: list, callbacks: list, identity: list[str] | None = None, model=None
+) -> L.Trainer:
     """The configured Trainer, whatever ``trainer=`` config: it writes every checkpoint atomically
     (``AtomicCheckpointIO``, unless the config names another CheckpointIO plugin), stores in each what an
     exact resume needs (``ResumeState``: random streams, patch queue, the job's overrides) and logs one line per
@@ -114,7 +134,8 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list, identity: lis
     monitor = cfg.get("monitor") or {"metric": "val/dice", "mode": "max"}
     extra = [ResumeState(identity), EpochLog(monitor.get("metric"), monitor.get("mode", "max"))]
     bar = {} if progress_bar_wanted() or "enable_progress_bar" in cfg.trainer else {"enable_progress_bar": False}
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, *extra], plugins=plugins, **bar)
+    changes = {**bar, **ddp_adjustments(cfg, model)}
+    return instantiate(cfg.trainer, logger=loggers or False, callbacks=[*callbacks, *extra], plugins=plugins, **changes)
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -169,7 +190,7 @@ def train(cfg: DictConfig) -> float | None:
         task = Task(model, meta=checkpoint_meta(cfg, model), **images)
         loggers = build_loggers(cfg)  # a resumed run continues its wandb run
         callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-        trainer = build_trainer(cfg, loggers, callbacks, identity)
+        trainer = build_trainer(cfg, loggers, callbacks, identity, model)
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         # Weights-only resuming where this Lightning's fit takes the setting (else torch's default, see above).

@@ -246,6 +246,7 @@ class StrokeDataModule(L.LightningDataModule):
         # Lightning's sampler replacement for this reason).
         distributed = self.trainer is not None and self.trainer.world_size > 1
         subject_sampler = torch.utils.data.DistributedSampler(dataset, shuffle=True) if distributed else None
+        self.subject_sampler = subject_sampler  # reshuffled every epoch (set_epoch, called by the task)
         queue = tio.Queue(
             dataset,
             max_length=max(self.queue_length, self.batch_size),
@@ -257,6 +258,12 @@ class StrokeDataModule(L.LightningDataModule):
             subject_sampler=subject_sampler,
         )
         return tio.SubjectsLoader(queue, batch_size=self.batch_size, num_workers=0)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Under DDP, a new shuffle of the subjects over the ranks for this epoch (DistributedSampler's
+        ``set_epoch``: each rank draws from another share of the subjects every epoch, the same on every rank)."""
+        if getattr(self, "subject_sampler", None) is not None:
+            self.subject_sampler.set_epoch(epoch)
 
     def val_dataloader(self):
         return tio.SubjectsLoader(tio.SubjectsDataset(self.val_subjects), batch_size=1, num_workers=0)

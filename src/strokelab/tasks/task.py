@@ -106,6 +106,9 @@ class Task(L.LightningModule):
     # -- training --------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
         self.model.set_epoch(self.current_epoch, int(self.trainer.max_epochs or 1))
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if hasattr(datamodule, "set_epoch"):
+            datamodule.set_epoch(self.current_epoch)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         model = self.model
