@@ -94,18 +94,25 @@ def score_image(
     return synthesis_metrics(values, reference, brain, lesion, spacing_mm(prediction.reference), span)
 
 
-def plot_mask_preview(case: Case, predictor: Predictor, mask: np.ndarray, label: np.ndarray, path: Path, title: str) -> Path:
+def plot_mask_preview(
+    case: Case, predictor: Predictor, mask: np.ndarray, label: np.ndarray, path: Path, title: str, images: dict | None = None
+) -> Path:
     """The TUM project's Fig. 4.1 for one case, on its native grid: the image the predictor's geometry comes
     from (its first 3D input; a 4D series: its maximum over time) | the predicted mask | the label | both
     contours on the input, on the axial slice with the most lesion (the most predicted lesion when the label is
-    empty). Only that slice of the input is read. Written atomically as a PNG."""
+    empty). ``images``: the inputs as the prediction read them (else only that slice of the input is read).
+    Written atomically as a PNG."""
     from strokelab.data.check import reference_modality
     from strokelab.data.layouts import TIME_SERIES
     from strokelab.previews import lesion_slice, mask_row, save_png
 
     name = reference_modality(list(predictor.modalities))
     z = lesion_slice(label if label.any() else mask, label.shape[-1])
-    if name in TIME_SERIES:
+    read = (images or {}).get(name)
+    if read is not None:
+        image = read[:, :, z].max(axis=-1) if name in TIME_SERIES else read[:, :, z]
+        name = f"{name} (max over time)" if name in TIME_SERIES else name
+    elif name in TIME_SERIES:
         series, _ = load_nifti(case_image_path(case, name), expect_3d=False)
         image, name = series[:, :, z].max(axis=-1), f"{name} (max over time)"
     else:
@@ -206,7 +213,7 @@ def evaluate_case(
         for values, truth, png, title, value_range, kwargs in plots:
             plot_map_comparison(values, truth, png, title, value_range, **kwargs)
         for mask, label, png, title in mask_plots:
-            plot_mask_preview(case, predictor, mask, label, png, title)
+            plot_mask_preview(case, predictor, mask, label, png, title, prediction.images)
     row["seconds"] = time.perf_counter() - t0
     if getattr(predictor, "model", None) is not None:
         row["params_m"] = predictor.model.parameter_count() / 1e6  # Wang et al.'s Table 3 lists it

@@ -45,6 +45,7 @@ class Prediction:
     outputs: dict[str, np.ndarray]
     specs: dict[str, OutputSpec]
     reference: nib.Nifti1Image
+    images: dict[str, np.ndarray] | None = None  # the inputs as read (native grid), for previews without re-reading
 
     @property
     def mask(self) -> np.ndarray | None:
@@ -212,7 +213,7 @@ class ModelPredictor:
         native = {n: to_native(v, entry["affine"], entry["native_shape"], entry["native_affine"]) for n, v in grids.items()}
         t3 = time.perf_counter()
         self.timings = {"load_preprocess_s": t1 - t0, "network_s": t2 - t1, "to_native_s": t3 - t2}
-        return Prediction(native, dict(model.outputs), loaded.reference)
+        return Prediction(native, dict(model.outputs), loaded.reference, loaded.images)
 
 
 def load_checkpoint(path: str | Path) -> Any:

@@ -60,4 +60,4 @@ class ThresholdBaseline:
         images = {m: case_image_path(case, m) for m in self.modalities}
         loaded = load_case(Case(case.id, case.root, images, None), self.nan_policy, self.affine_tol_mm)
         mask = self.mask(loaded.images["cbf"], loaded.images["tmax"]).astype(np.float32)
-        return Prediction({"mask": mask}, {"mask": OutputSpec("mask")}, loaded.reference)
+        return Prediction({"mask": mask}, {"mask": OutputSpec("mask")}, loaded.reference, loaded.images)
