@@ -4,6 +4,7 @@ in one line naming the key, before any data is touched."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
@@ -164,7 +165,9 @@ def test_a_typo_in_a_yaml_file_names_the_file(conf_copy):
 
 def test_a_wrong_type_in_a_yaml_file_names_the_file(conf_copy):
     cpu = conf_copy / "trainer" / "cpu.yaml"
-    cpu.write_text(cpu.read_text().replace("max_epochs: 12", "max_epochs: 12.5"))
+    text = cpu.read_text()
+    assert re.search(r"^max_epochs: \d+", text, flags=re.M)
+    cpu.write_text(re.sub(r"^max_epochs: \d+", "max_epochs: 12.5", text, flags=re.M))
     (line,) = refused([], conf=conf_copy)
     assert line.startswith("config key trainer.max_epochs: 12.5 (float) is not int | None")
     assert line.endswith(f"fix the value in {cpu} or the command line")
