@@ -8,6 +8,7 @@ uniform weights) and normalised by the summed weights, so an identity predictor 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -48,8 +49,14 @@ def gaussian_importance_map(
     """Gaussian weights of shape ``patch_size`` (float32), peak 1 at the patch centre.
 
     ``sigma = sigma_scale * patch_size`` per axis (nnU-Net); values are clamped to at least
-    :data:`MIN_IMPORTANCE` so no voxel gets zero weight.
+    :data:`MIN_IMPORTANCE` so no voxel gets zero weight. Computed once per patch, sigma and device (a
+    cached tensor: read it, do not modify it).
     """
+    return _gaussian_importance_map(tuple(int(p) for p in patch_size), float(sigma_scale), str(torch.device(device or "cpu")))
+
+
+@functools.lru_cache(maxsize=16)
+def _gaussian_importance_map(patch_size: tuple[int, ...], sigma_scale: float, device: str) -> Tensor:
     if sigma_scale <= 0:
         raise ValueError(f"sigma_scale must be > 0, got {sigma_scale}")
     weights: Tensor | None = None
@@ -205,7 +212,7 @@ def sliding_window_inference(
     for i in range(0, len(jobs), batch_size):
         chunk = jobs[i : i + batch_size]
         windows = torch.stack([image[(b, slice(None)) + region] for b, region in chunk]).to(device)
-        preds = predict(windows) * importance
+        preds = predict(windows).mul_(importance)  # in place: predict's output is a new tensor or the fresh windows
         if accum is None:
             accum = torch.zeros((image.shape[0], preds.shape[1]) + padded, dtype=torch.float32, device=device)
         for (b, region), pred in zip(chunk, preds):
