@@ -23,11 +23,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
+from timing import time_interleaved
 
 from strokelab.nn.sliding_window import infer, sliding_window_inference, window_starts
 from strokelab.nn.unet import UNet, UNet3D
@@ -49,30 +48,6 @@ def naive_window_loop(model: torch.nn.Module, image: torch.Tensor, patch: tuple[
         out[(slice(None), slice(None)) + sl] += pred
         count[sl] += 1
     return out / count
-
-
-def time_rows(fns: list[Callable[[], object]], repeats: int, device: torch.device) -> list[float]:
-    """Median wall time (s) of each function over ``repeats`` runs, after one warm-up run each.
-
-    Repetitions are interleaved (row 1, row 2, ..., row 1, row 2, ...) so that a change in machine load
-    during the run affects every row alike instead of biasing the rows measured last.
-    """
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for fn in fns:
-        fn()
-    sync()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -128,7 +103,7 @@ def main() -> None:
         f"median of {args.repeats}"
     )
     with torch.no_grad():
-        medians = time_rows([fn for _, _, fn in rows], args.repeats, device)
+        medians = time_interleaved([fn for _, _, fn in rows], args.repeats, device)
     results = [(name, voxels, t) for (name, voxels, _), t in zip(rows, medians)]
     base = results[0][2]
     naive = results[1][2]
@@ -153,7 +128,7 @@ def main() -> None:
 
     with torch.no_grad():
         torch.testing.assert_close(infer(net2d, image, settings), per_slice_loop(), atol=1e-4, rtol=1e-4)
-        t_loop, t_infer = time_rows([per_slice_loop, lambda: infer(net2d, image, settings)], args.repeats, device)
+        t_loop, t_infer = time_interleaved([per_slice_loop, lambda: infer(net2d, image, settings)], args.repeats, device)
     print()
     print(f"2D U-Net over {SHAPE[4]} slices of {SHAPE[2]}x{SHAPE[3]} (params {sum(p.numel() for p in net2d.parameters()):,})")
     header = f"{'method':<34} {'time s':>8} {'x slice loop':>13}"

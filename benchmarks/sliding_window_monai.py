@@ -59,6 +59,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import time_interleaved
 
 from strokelab.nn.sliding_window import window_starts
 
@@ -128,26 +129,6 @@ def same_grid_size(size: int, patch: int, overlap: float) -> int:
         if window_starts(s, patch, overlap) == monai_starts(s, patch, overlap):
             return s
     return min(size, patch)
-
-
-def median_times(fns, repeats: int, device: torch.device) -> tuple[list[float], list[object]]:
-    """Median seconds of each function over ``repeats`` interleaved runs after one warm-up run each, and what
-    each warm-up run returned."""
-
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    outputs = [fn() for fn in fns]
-    sync()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[i].append(time.perf_counter() - t0)
-    return [sorted(t)[len(t) // 2] for t in times], outputs
 
 
 def agreement(ours: torch.Tensor, theirs: torch.Tensor, threshold: float) -> dict[str, float]:
@@ -247,9 +228,10 @@ def main() -> None:
     our_map = gaussian_importance_map(patch, sigma, device=device)
     threshold = float(model.threshold)
     with torch.no_grad():
-        (t_net, t_ours, t_monai), (_, a, b) = median_times([network_only, ours, theirs], args.repeats, device)
+        _, a, b = network_only(), ours(), theirs()  # the outputs compared below; also the warm-up
+        t_net, t_ours, t_monai = time_interleaved([network_only, ours, theirs], args.repeats, device, warmup=False)
         light = torch.nn.Conv3d(image.shape[1], 1, 1).to(device).eval()
-        (t_light_ours, t_light_monai), _ = median_times(
+        t_light_ours, t_light_monai = time_interleaved(
             [lambda: ours(predictor=light), lambda: theirs(predictor=light)], args.machinery_repeats, device
         )
         # The same windows (the volume cropped so that both place them alike) and our weights given to MONAI

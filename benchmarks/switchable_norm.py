@@ -3,7 +3,8 @@
 Both networks are ``strokelab.nn.slnet.SLNet`` with identical widths, SE blocks off, Xavier init, ReLU,
 max-pool down, transposed-conv up; the only difference is the normalisation layer after each
 convolution: ``SwitchableNorm`` (mixing instance, layer and batch statistics, Wang et al.'s choice) vs
-``nn.InstanceNorm{2,3}d(affine=True)`` (the reference, measured in the same run). One step is forward +
+the project's instance norm (``make_norm("instance")``: ``InstanceNorm{2,3}d(affine=True)`` computed by
+``group_norm``; the reference, measured in the same run). One step is forward +
 binary cross-entropy on one lesion logit + backward + RMSprop step (lr 0.002, Wang et al.).
 
 Rows: 2D 256x256 slices, batch 5 (Wang et al.'s batch size), widths (16, 32, 64, 128, 256); a 3D
@@ -18,15 +19,15 @@ Run:  .venv/bin/python benchmarks/switchable_norm.py [--repeats 3] [--threads N]
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from timing import time_interleaved
 from torch import nn
 
 from strokelab.nn import count_parameters
+from strokelab.nn.blocks import make_norm
 from strokelab.nn.norms import SwitchableNorm
 from strokelab.nn.slnet import SLNet
 
@@ -50,27 +51,6 @@ def make_step(net: nn.Module, x: torch.Tensor, target: torch.Tensor, bf16: bool)
         opt.step()
 
     return step
-
-
-def time_interleaved(fns: list[Callable[[], None]], repeats: int, device: torch.device, warmup: bool = True) -> list[float]:
-    """Median seconds per call of each function; one warm-up call each (unless ``warmup=False``), then calls
-    interleaved (a, b, a, b, ...) so that a change of machine load affects every row alike."""
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    for fn in fns if warmup else []:
-        fn()
-    sync()
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[i].append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def network_row(
@@ -97,7 +77,7 @@ def norm_only_row(device: torch.device, bf16: bool, repeats: int) -> tuple[str, 
     dtype = torch.bfloat16 if bf16 else torch.float32
     xin = x.detach().to(dtype).requires_grad_(True)
     sn = SwitchableNorm(16, spatial_dims=2).to(device).train()
-    inorm = nn.InstanceNorm2d(16, affine=True).to(device).train()
+    inorm = make_norm("instance", 16, spatial_dims=2).to(device).train()
 
     def run(layer: nn.Module) -> Callable[[], None]:
         def fn() -> None:
